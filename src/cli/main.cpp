@@ -1,0 +1,52 @@
+// cpuchat: one binary, several subcommands.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "cli/commands.h"
+#include "cpuchat/server.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: cpuchat <command> [flags]\n"
+    "  serve       OpenAI-compatible API + chat page (cpuchat serve --model PATH)\n"
+    "  chat        interactive terminal chat\n"
+    "  generate    generate text from --prompt or --ids\n"
+    "  logits      full-vocab logit statistics for --ids (one forward pass)\n"
+    "  tokenize    text -> ids;  detokenize: ids -> text\n"
+    "  perplexity  perplexity of a text file\n"
+    "  make-model  write a random-weight HF checkpoint of a known shape\n"
+    "  bench       before/after benchmark (tokens/s, TTFT, roofline, cost)\n"
+    "run 'cpuchat <command> --help' for its flags\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  using Command = int (*)(int, char**);
+  struct Entry { const char* name; Command run; };
+  const Entry commands[] = {
+      {"serve", cpuchat::serve_command},           {"chat", cpuchat::chat_command},
+      {"generate", cpuchat::generate_command},     {"logits", cpuchat::logits_command},
+      {"tokenize", cpuchat::tokenize_command},     {"detokenize", cpuchat::detokenize_command},
+      {"perplexity", cpuchat::perplexity_command}, {"make-model", cpuchat::make_model_command},
+      {"bench", cpuchat::bench_command},
+  };
+  for (const Entry& e : commands) {
+    if (cmd != e.name) continue;
+    try {
+      return e.run(argc - 1, argv + 1);
+    } catch (const std::exception& ex) {
+      fprintf(stderr, "cpuchat %s: error: %s\n", e.name, ex.what());
+      return 1;
+    }
+  }
+  fprintf(stderr, "cpuchat: unknown command '%s'\n%s", cmd.c_str(), kUsage);
+  return 2;
+}
