@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@ struct LoadOptions {
   int threads = 0;               // 0: physical cores
   int ctx = 0;                   // KV cache length per session; 0: min(model max, 4096)
   bool cache_packed = false;     // save/load the int4-packed weights next to the model
+  bool require_tokenizer = true; // false: token-id-only use (logits/generate --ids) may lack one
 };
 
 struct ModelInfo {
@@ -80,7 +82,7 @@ struct TokenLogprob {
 // One step of streaming output. `text` is complete UTF-8 (may be empty while a
 // character or a possible stop string is held back).
 struct TokenEvent {
-  int id = 0;
+  int id = 0;  // -1: no new token, only text held back until the end (a partial stop string)
   std::string text;
   std::optional<TokenLogprob> logprob;
 };
@@ -96,7 +98,7 @@ struct Metrics {
 };
 
 struct GenerateResult {
-  std::vector<int> ids;          // generated ids (without the prompt; a stop string's tokens excluded)
+  std::vector<int> ids;          // sampled ids (without the prompt and without a final EOS)
   std::string text;
   std::string finish_reason;     // "stop" (EOS or stop string), "length" (max_tokens or context end), "cancelled"
   std::vector<TokenLogprob> logprobs;
@@ -138,7 +140,8 @@ class Engine {
   ~Engine();
 
   const ModelInfo& info() const;
-  const Tokenizer& tokenizer() const;
+  const Tokenizer& tokenizer() const;  // throws if loaded without one
+  bool has_tokenizer() const;
   std::unique_ptr<Session> new_session();
 
   // Full-sequence forward in one pass: logits [ids.size() x vocab] (row-major fp32).

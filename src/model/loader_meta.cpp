@@ -1,1 +1,182 @@
-// placeholder
+// Meta's original checkpoints: params.json + consolidated.NN.pth (torch.save zip) +
+// tokenizer.model. The zip directory and the pickle are read with libtorch's own
+// readers; tensor storages become views into an mmap of the .pth (torch.save stores
+// them uncompressed and aligned), so nothing is copied.
+#include <caffe2/serialize/inline_container.h>
+#include <dirent.h>
+#include <torch/csrc/jit/serialization/unpickler.h>
+
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "model/checkpoint.h"
+
+namespace cpuchat {
+
+using nlohmann::json;
+
+namespace {
+
+std::vector<std::string> consolidated_files(const std::string& dir) {
+  std::vector<std::string> out;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      std::string n = e->d_name;
+      if (n.rfind("consolidated.", 0) == 0 && n.size() > 4 && n.compare(n.size() - 4, 4, ".pth") == 0)
+        out.push_back(dir + "/" + n);
+    }
+    closedir(d);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Loads one .pth into (name -> tensor) with storages mapped, not read.
+std::map<std::string, torch::Tensor> read_pth(const std::string& file, std::shared_ptr<MappedFile> mf) {
+  std::map<std::string, torch::Tensor> out;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(file);
+    if (!reader.hasRecord("data.pkl")) throw std::runtime_error(file + ": no data.pkl in the archive (not a torch.save file)");
+    auto [pickle, pickle_size] = reader.getRecord("data.pkl");
+    const char* pickle_bytes = static_cast<const char*>(pickle.get());
+    size_t read_pos = 0;
+    auto read = [&](char* buf, size_t n) {
+      n = std::min(n, pickle_size - read_pos);
+      std::memcpy(buf, pickle_bytes + read_pos, n);
+      read_pos += n;
+      return n;
+    };
+    // Storages are looked up by key; we hand back pointers into the mmap and check bounds below.
+    std::map<const void*, std::string> storage_record;
+    auto read_record = [&](const std::string& key) -> at::DataPtr {
+      const std::string record = "data/" + key;
+      if (!reader.hasRecord(record)) throw std::runtime_error(file + ": missing storage record " + record);
+      const size_t offset = reader.getRecordOffset(record);
+      if (offset > mf->size()) throw std::runtime_error(file + ": storage " + record + " lies past the end of the file");
+      void* p = const_cast<uint8_t*>(mf->data() + offset);
+      storage_record[p] = record;
+      return at::DataPtr(p, p, [](void*) {}, at::kCPU);
+    };
+    auto resolve_type = [](const c10::QualifiedName&) { return c10::StrongTypePtr(nullptr, c10::AnyType::get()); };
+    torch::jit::Unpickler unpickler(read, resolve_type, nullptr, read_record, c10::nullopt);
+    c10::IValue root = unpickler.parse_ivalue();
+    if (!root.isGenericDict()) throw std::runtime_error(file + ": the pickle is not a dict of tensors");
+    for (const auto& kv : root.toGenericDict()) {
+      if (!kv.key().isString() || !kv.value().isTensor()) continue;
+      torch::Tensor t = kv.value().toTensor();
+      // The storage must lie inside the file: a truncated .pth fails here, not on first use.
+      const auto* base = static_cast<const uint8_t*>(t.storage().data());
+      const size_t end = size_t(base - mf->data()) + t.storage().nbytes();
+      if (end > mf->size())
+        throw std::runtime_error(file + ": tensor " + kv.key().toStringRef() + " lies past the end of the file (truncated?)");
+      out[kv.key().toStringRef()] = t;
+    }
+  } catch (const c10::Error& e) {
+    std::string msg = e.what_without_backtrace();
+    msg = msg.substr(0, msg.find('\n'));
+    throw std::runtime_error(file + ": cannot read torch archive (" + msg + ")");
+  }
+  return out;
+}
+
+// Meta's FFN size: 2/3 of 4*dim, scaled, rounded up to a multiple.
+int meta_ffn_dim(int dim, int multiple_of, double multiplier) {
+  int hidden = int(2 * (4 * dim) / 3);
+  if (multiplier > 0) hidden = int(multiplier * hidden);
+  return multiple_of * ((hidden + multiple_of - 1) / multiple_of);
+}
+
+}  // namespace
+
+Checkpoint load_meta_checkpoint(const std::string& dir) {
+  Checkpoint ck;
+  ck.path = dir;
+  ck.format = "meta";
+  const std::string params_path = dir + "/params.json";
+  json p;
+  {
+    std::ifstream in(params_path);
+    try {
+      p = json::parse(in);
+    } catch (const json::exception& e) {
+      throw std::runtime_error(params_path + ": malformed JSON (" + std::string(e.what()) + ")");
+    }
+  }
+  ModelConfig& c = ck.config;
+  try {
+    c.dim = p.at("dim").get<int>();
+    c.n_layers = p.at("n_layers").get<int>();
+    c.n_heads = p.at("n_heads").get<int>();
+    c.n_kv_heads = p.value("n_kv_heads", c.n_heads);
+    c.vocab_size = p.at("vocab_size").get<int>();
+    c.norm_eps = p.value("norm_eps", 1e-5);
+    c.rope_theta = p.value("rope_theta", 10000.0);
+    c.hidden_dim = meta_ffn_dim(c.dim, p.value("multiple_of", 256),
+                                p.contains("ffn_dim_multiplier") && p["ffn_dim_multiplier"].is_number()
+                                    ? p["ffn_dim_multiplier"].get<double>() : 0.0);
+  } catch (const json::exception& e) {
+    throw std::runtime_error(params_path + ": missing or mistyped field (" + std::string(e.what()) + ")");
+  }
+  c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
+  if (p.value("use_scaled_rope", false)) {  // Llama 3.1: Meta's apply_scaling constants
+    c.rope_scaling = RopeScaling{true, 8.0, 1.0, 4.0, 8192};
+    c.max_position = 131072;
+  } else {
+    c.max_position = 8192;
+  }
+
+  const auto files = consolidated_files(dir);
+  if (files.empty()) throw std::runtime_error(dir + ": no consolidated.*.pth checkpoint");
+  if (files.size() > 1)
+    throw std::runtime_error(dir + ": " + std::to_string(files.size()) +
+                             " model-parallel shards; merge them first (only single-file checkpoints are supported)");
+  auto mf = MappedFile::open(files[0]);
+  auto raw = read_pth(files[0], mf);
+  ck.files.push_back(mf);
+
+  auto move = [&](const std::string& from, const std::string& to) {
+    auto it = raw.find(from);
+    if (it == raw.end()) throw std::runtime_error(files[0] + ": missing tensor " + from);
+    ck.tensors[to] = it->second;
+  };
+  move("tok_embeddings.weight", "model.embed_tokens.weight");
+  move("norm.weight", "model.norm.weight");
+  if (raw.count("output.weight")) move("output.weight", "lm_head.weight"); else c.tied_embeddings = true;
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string m = "layers." + std::to_string(l) + ".";
+    move(m + "attention_norm.weight", layer_tensor(l, "input_layernorm.weight"));
+    move(m + "ffn_norm.weight", layer_tensor(l, "post_attention_layernorm.weight"));
+    move(m + "attention.wq.weight", layer_tensor(l, "self_attn.q_proj.weight"));
+    move(m + "attention.wk.weight", layer_tensor(l, "self_attn.k_proj.weight"));
+    move(m + "attention.wv.weight", layer_tensor(l, "self_attn.v_proj.weight"));
+    move(m + "attention.wo.weight", layer_tensor(l, "self_attn.o_proj.weight"));
+    move(m + "feed_forward.w1.weight", layer_tensor(l, "mlp.gate_proj.weight"));
+    move(m + "feed_forward.w3.weight", layer_tensor(l, "mlp.up_proj.weight"));
+    move(m + "feed_forward.w2.weight", layer_tensor(l, "mlp.down_proj.weight"));
+  }
+  // The FFN size comes from the formula; if the weights disagree, trust and report neither.
+  const auto& gate = ck.tensors[layer_tensor(0, "mlp.gate_proj.weight")];
+  if (gate.dim() == 2 && gate.size(0) != c.hidden_dim)
+    throw std::runtime_error(params_path + ": FFN size from multiple_of/ffn_dim_multiplier is " +
+                             std::to_string(c.hidden_dim) + " but w1 has " + std::to_string(gate.size(0)) + " rows");
+  ck.validate();  // shapes first, then the q/k reorder that relies on them
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (auto [name, heads] : {std::pair{"self_attn.q_proj.weight", c.n_heads}, {"self_attn.k_proj.weight", c.n_kv_heads}}) {
+      torch::Tensor& w = ck.tensors[layer_tensor(l, name)];
+      torch::Tensor reordered = interleaved_to_rotate_half(w, heads);
+      ck.release_pages(w);
+      w = reordered;
+    }
+  }
+  if (std::ifstream(dir + "/tokenizer.model").good()) ck.tokenizer_path = dir + "/tokenizer.model";
+  // Llama 3 specials (Meta numbers them after the 128000 ranks); eos per Llama 3.1.
+  if (c.vocab_size >= 128256) {
+    c.bos_id = 128000;
+    c.eos_ids = {128001, 128008, 128009};
+  }
+  return ck;
+}
+
+}  // namespace cpuchat

@@ -1,0 +1,116 @@
+// matmul(): argument checks, kernel selection (active ISA x buffer layout), column splitting.
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "cpuchat_kernels/int4_matmul.h"
+#include "ukernels/ukernel.h"
+
+namespace cpuchat::kernels {
+namespace {
+
+[[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("cpuchat_kernels: " + what); }
+
+ukernel::KernelSet kernels_for(LayoutId layout, IsaLevel level) {
+  using namespace ukernel;
+  const KernelSet scalar{"matmul_q8b32_q4p_any_scalar", matmul_q8b32_q4p_any_scalar, "matmul_q8b32_q4p_any_scalar",
+                         matmul_q8b32_q4p_any_scalar};
+#if defined(__x86_64__) || defined(_M_X64)
+  if (layout == LayoutId::X86_N16K4) {
+    if (level == IsaLevel::Avx512Vnni) {
+      return {"matmul_q8b32_q4p16x4_1x16_avx512vnni", matmul_q8b32_q4p16x4_1x16_avx512vnni,
+              "matmul_q8b32_q4p16x4_8x16_avx512vnni", matmul_q8b32_q4p16x4_8x16_avx512vnni};
+    }
+    if (level == IsaLevel::Avx2) {
+      return {"matmul_q8b32_q4p16x4_1x16_avx2", matmul_q8b32_q4p16x4_1x16_avx2, "matmul_q8b32_q4p16x4_4x8_avx2",
+              matmul_q8b32_q4p16x4_4x8_avx2};
+    }
+  }
+#endif
+#if defined(__aarch64__)
+  if (layout == LayoutId::ARM_N8K8) {
+    if (level == IsaLevel::I8mm) {
+      return {"matmul_q8b32_q4p8x8_1x8_neon_dotprod", matmul_q8b32_q4p8x8_1x8_neon_dotprod,
+              "matmul_q8b32_q4p8x8_4x8_neon_i8mm", matmul_q8b32_q4p8x8_4x8_neon_i8mm};
+    }
+    if (level == IsaLevel::Dotprod) {
+      return {"matmul_q8b32_q4p8x8_1x8_neon_dotprod", matmul_q8b32_q4p8x8_1x8_neon_dotprod,
+              "matmul_q8b32_q4p8x8_4x8_neon_dotprod", matmul_q8b32_q4p8x8_4x8_neon_dotprod};
+    }
+  }
+#endif
+  (void)layout;
+  (void)level;
+  return scalar;
+}
+
+}  // namespace
+
+const char* selected_kernel_name(const PackedWeights& w, int64_t m) {
+  if (w.empty()) return "none";
+  const ukernel::KernelSet set = kernels_for(w.header().layout, active_isa());
+  return m == 1 ? set.gemv_name : set.gemm_name;
+}
+
+void matmul(const QuantizedActivations& x, const PackedWeights& w, float* y, int64_t ldy, int64_t n_begin,
+            int64_t n_end) {
+  matmul(x, w, y, ldy, n_begin, n_end, 0, x.m());
+}
+
+void matmul(const QuantizedActivations& x, const PackedWeights& w, float* y, int64_t ldy, int64_t n_begin,
+            int64_t n_end, int64_t m_begin, int64_t m_end) {
+  if (w.empty()) fail("matmul: empty weights");
+  if (x.m() <= 0) fail("matmul: activations not quantized");
+  if (x.k() != w.k()) fail("matmul: activations K=" + std::to_string(x.k()) + " but weights K=" + std::to_string(w.k()));
+  const Layout& l = w.layout();
+  const int64_t n = w.n();
+  if (y == nullptr || ldy < n) fail("matmul: null Y or ldy " + std::to_string(ldy) + " < N " + std::to_string(n));
+  if (n_begin < 0 || n_end > n || n_begin > n_end || n_begin % l.nr != 0 || (n_end != n && n_end % l.nr != 0)) {
+    fail("matmul: columns [" + std::to_string(n_begin) + ", " + std::to_string(n_end) + ") of N=" + std::to_string(n) +
+         " must be aligned to " + std::to_string(l.nr));
+  }
+  if (m_begin < 0 || m_end > x.m() || m_begin > m_end) {
+    fail("matmul: rows [" + std::to_string(m_begin) + ", " + std::to_string(m_end) + ") of M=" + std::to_string(x.m()));
+  }
+  if (n_begin == n_end || m_begin == m_end) return;
+
+  const ukernel::KernelSet set = kernels_for(w.header().layout, active_isa());
+  ukernel::Args args{};
+  args.block_bytes = block_bytes(l, w.scheme(), w.k());
+  args.w = w.data() + (n_begin / l.nr) * args.block_bytes;
+  args.n_cols = n_end - n_begin;
+  args.n_blocks = (args.n_cols + l.nr - 1) / l.nr;
+  args.groups = group_count(l, w.k());
+  args.scheme = w.scheme();
+  args.layout = &l;
+  args.a = x.row(m_begin);
+  args.a_stride = x.k_padded();
+  args.a_scales = x.scales(m_begin);
+  args.a_neg8_sums = x.neg8_sums(m_begin);
+  args.a_groups_stride = x.groups();
+  args.m = m_end - m_begin;
+  args.y = y + m_begin * ldy + n_begin;
+  args.ldy = ldy;
+  (args.m == 1 ? set.gemv : set.gemm)(args);
+}
+
+ColumnRange split_columns(const PackedWeights& w, int64_t parts, int64_t index) {
+  if (w.empty()) fail("split_columns: empty weights");
+  if (parts <= 0 || index < 0 || index >= parts) {
+    fail("split_columns: part " + std::to_string(index) + " of " + std::to_string(parts));
+  }
+  const int64_t nr = w.layout().nr, blocks = block_count(w.layout(), w.n());
+  // Balanced in blocks: the first (blocks % parts) parts get one extra block.
+  const int64_t base = blocks / parts, extra = blocks % parts;
+  const int64_t b0 = index * base + std::min(index, extra), b1 = b0 + base + (index < extra ? 1 : 0);
+  return {std::min(b0 * nr, w.n()), std::min(b1 * nr, w.n())};
+}
+
+void matmul_f32(const float* x, int64_t m, int64_t ldx, const PackedWeights& w, float* y, int64_t ldy) {
+  if (w.empty()) fail("matmul_f32: empty weights");
+  QuantizedActivations xq;
+  xq.quantize(x, m, w.k(), ldx);
+  matmul(xq, w, y, ldy, 0, w.n());
+}
+
+}  // namespace cpuchat::kernels

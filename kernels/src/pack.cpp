@@ -1,0 +1,171 @@
+// Weight quantization + packing into the layouts of packed_layout.h, and the packed buffer.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpuchat_kernels/int4_matmul.h"
+#include "cpuchat_kernels/reference.h"
+
+namespace cpuchat::kernels {
+namespace {
+
+[[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("cpuchat_kernels: " + what); }
+
+void check_shape(int64_t n, int64_t k, Scheme scheme) {
+  if (n <= 0 || k <= 0) fail("weight shape must be positive, got N=" + std::to_string(n) + " K=" + std::to_string(k));
+  if (scheme != Scheme::Q4G32 && scheme != Scheme::Q4C) fail("unknown scheme " + std::to_string(int(scheme)));
+  // Keep every byte offset far inside int64 and the Q4C int32 accumulations exact.
+  if (n > (int64_t{1} << 31) || k > (int64_t{1} << 24)) fail("weight shape too large");
+}
+
+float to_float(float v) { return v; }
+float to_float(uint16_t bf16) { return bf16_to_float(bf16); }
+
+}  // namespace
+
+const char* scheme_name(Scheme s) {
+  switch (s) {
+    case Scheme::Q4G32: return "q4g32";
+    case Scheme::Q4C: return "q4c";
+  }
+  return "unknown";
+}
+
+const char* layout_name(LayoutId id) {
+  switch (id) {
+    case LayoutId::X86_N16K4: return "x86_n16k4";
+    case LayoutId::ARM_N8K8: return "arm_n8k8";
+  }
+  return "unknown";
+}
+
+LayoutId layout_for_isa(IsaLevel level) {
+  switch (level) {
+    case IsaLevel::Dotprod:
+    case IsaLevel::I8mm: return LayoutId::ARM_N8K8;
+    case IsaLevel::Avx2:
+    case IsaLevel::Avx512Vnni: return LayoutId::X86_N16K4;
+    case IsaLevel::Scalar: break;
+  }
+  // Scalar runs any layout: pick the architecture's native one so the blob is fast whichever
+  // level is forced later.
+#if defined(__aarch64__)
+  return LayoutId::ARM_N8K8;
+#else
+  return LayoutId::X86_N16K4;
+#endif
+}
+
+PackedWeights PackedWeights::allocate(int64_t n, int64_t k, Scheme scheme) {
+  return allocate(n, k, scheme, layout_for_isa(active_isa()));
+}
+
+PackedWeights PackedWeights::allocate(int64_t n, int64_t k, Scheme scheme, LayoutId layout) {
+  check_shape(n, k, scheme);
+  const Layout* l = find_layout(layout);
+  if (l == nullptr) fail("unknown layout id " + std::to_string(int(layout)));
+  PackedWeights w;
+  w.header_.n = n;
+  w.header_.k = k;
+  w.header_.scheme = scheme;
+  w.header_.layout = layout;
+  w.header_.byte_size = static_cast<uint64_t>(packed_bytes(*l, scheme, n, k));
+  void* p = std::aligned_alloc(64, w.header_.byte_size);
+  if (p == nullptr) throw std::bad_alloc();
+  std::memset(p, 0, w.header_.byte_size);
+  w.owned_ = std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p), std::free);
+  w.data_ = w.owned_.get();
+  return w;
+}
+
+PackedWeights PackedWeights::view(const PackedHeader& h, const void* data) {
+  if (h.magic != PackedHeader::kMagic) fail("packed header: bad magic");
+  if (h.version != PackedHeader::kVersion) fail("packed header: unsupported version " + std::to_string(h.version));
+  check_shape(h.n, h.k, h.scheme);
+  const Layout* l = find_layout(h.layout);
+  if (l == nullptr) fail("packed header: unknown layout id " + std::to_string(int(h.layout)));
+  if (h.byte_size != static_cast<uint64_t>(packed_bytes(*l, h.scheme, h.n, h.k))) {
+    fail("packed header: byte_size " + std::to_string(h.byte_size) + " does not match N, K, scheme, layout");
+  }
+  if (data == nullptr || reinterpret_cast<uintptr_t>(data) % 64 != 0) fail("packed view: data must be 64-byte aligned");
+  PackedWeights w;
+  w.header_ = h;
+  w.data_ = static_cast<uint8_t*>(const_cast<void*>(data));  // never written: pack_rows refuses views
+  return w;
+}
+
+template <typename Src>
+void PackedWeights::pack_rows_impl(const Src* rows, int64_t ld, int64_t row_begin, int64_t row_end) {
+  if (empty()) fail("pack_rows on an empty PackedWeights");
+  if (!owns_memory()) fail("pack_rows on a read-only view");
+  const Layout& l = layout();
+  const int64_t n = header_.n, k = header_.k;
+  if (rows == nullptr || ld < k) fail("pack_rows: null rows or ld " + std::to_string(ld) + " < K " + std::to_string(k));
+  if (row_begin < 0 || row_end > n || row_begin >= row_end || row_begin % l.nr != 0 ||
+      (row_end != n && row_end % l.nr != 0)) {
+    fail("pack_rows: rows [" + std::to_string(row_begin) + ", " + std::to_string(row_end) + ") of N=" +
+         std::to_string(n) + " must be non-empty and aligned to " + std::to_string(l.nr));
+  }
+  const Scheme scheme = header_.scheme;
+  const int64_t groups = group_count(l, k), kp = groups * kGroupSize;
+  const int64_t bytes_per_block = block_bytes(l, scheme, k);
+
+  // Where each (row, k-in-group) value goes: computed once from the layout definition.
+  std::vector<NibblePos> pos(static_cast<size_t>(l.nr) * kGroupSize);
+  for (int r = 0; r < l.nr; ++r)
+    for (int kk = 0; kk < kGroupSize; ++kk) pos[r * kGroupSize + kk] = nibble_pos(l, r, kk);
+
+  std::vector<float> row_f32(static_cast<size_t>(k));
+  std::vector<int8_t> q(static_cast<size_t>(l.nr * kp));
+  std::vector<float> scales(static_cast<size_t>(l.nr * (scheme == Scheme::Q4G32 ? groups : 1)));
+
+  for (int64_t b = row_begin / l.nr; b * l.nr < row_end; ++b) {
+    // 1. Quantize the block's rows (padded rows stay 0).
+    std::fill(q.begin(), q.end(), 0);
+    std::fill(scales.begin(), scales.end(), 0.0f);
+    for (int r = 0; r < l.nr && b * l.nr + r < row_end; ++r) {
+      const Src* src = rows + (b * l.nr + r - row_begin) * ld;
+      for (int64_t i = 0; i < k; ++i) row_f32[i] = to_float(src[i]);
+      int8_t* qr = q.data() + r * kp;
+      if (scheme == Scheme::Q4G32) {
+        for (int64_t g = 0; g * kGroupSize < k; ++g) {
+          const int64_t begin = g * kGroupSize, count = std::min<int64_t>(kGroupSize, k - begin);
+          scales[r * groups + g] = quantize_q4(row_f32.data() + begin, count, true, qr + begin);
+        }
+      } else {
+        scales[r] = quantize_q4(row_f32.data(), k, false, qr);
+      }
+    }
+    // 2. Lay the block out.
+    uint8_t* block = data_ + b * bytes_per_block;
+    std::memset(block, 0, static_cast<size_t>(bytes_per_block));
+    if (scheme == Scheme::Q4C) std::memcpy(block, scales.data(), static_cast<size_t>(row_scale_bytes(l)));
+    for (int64_t g = 0; g < groups; ++g) {
+      uint8_t* bytes = block + group_weights_offset(l, scheme, g);
+      for (int r = 0; r < l.nr; ++r) {
+        for (int kk = 0; kk < kGroupSize; ++kk) {
+          const NibblePos p = pos[r * kGroupSize + kk];
+          const uint8_t nib = encode_nibble(l, q[r * kp + g * kGroupSize + kk]);
+          bytes[p.byte] |= p.high ? static_cast<uint8_t>(nib << 4) : nib;
+        }
+        if (scheme == Scheme::Q4G32) {
+          const uint16_t s = float_to_bf16(scales[r * groups + g]);  // exact: already bf16-rounded
+          std::memcpy(block + group_scales_offset(l, g) + 2 * r, &s, 2);
+        }
+      }
+    }
+  }
+}
+
+void PackedWeights::pack_rows(const float* rows, int64_t ld, int64_t row_begin, int64_t row_end) {
+  pack_rows_impl(rows, ld, row_begin, row_end);
+}
+
+void PackedWeights::pack_rows_bf16(const uint16_t* rows, int64_t ld, int64_t row_begin, int64_t row_end) {
+  pack_rows_impl(rows, ld, row_begin, row_end);
+}
+
+}  // namespace cpuchat::kernels

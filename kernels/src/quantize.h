@@ -1,0 +1,18 @@
+// Internal: row quantizers shared by QuantizedActivations and the ISA-specific versions.
+#pragma once
+
+#include <cstdint>
+
+namespace cpuchat::kernels::detail {
+
+// Quantizes one activation row of k floats into k_padded int8 (zero padding), one scale and
+// one -8*sum per 32 values. Every implementation computes bit-identical results:
+//   amax = max |x| over the block, scale = amax / 127, q = round_to_nearest_even(x * (127 / amax))
+void quantize_q8b32_row_scalar(const float* x, int64_t k, int64_t k_padded, int8_t* q, float* scales,
+                               int32_t* neg8_sums);
+#if defined(__x86_64__) || defined(_M_X64)
+void quantize_q8b32_row_avx2(const float* x, int64_t k, int64_t k_padded, int8_t* q, float* scales,
+                             int32_t* neg8_sums);
+#endif
+
+}  // namespace cpuchat::kernels::detail

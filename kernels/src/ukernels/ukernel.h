@@ -1,0 +1,76 @@
+// Internal contract between matmul() (src/matmul.cpp) and the micro-kernels in this folder.
+// One micro-kernel per file; each file documents the packed layout it reads and is compiled
+// with its own ISA flags (kernels/CMakeLists.txt), so nothing here may use ISA intrinsics.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "cpuchat_kernels/packed_layout.h"
+
+namespace cpuchat::kernels::ukernel {
+
+// One call computes Y[0:m, 0:n_cols] for the row blocks starting at `w`.
+struct Args {
+  const uint8_t* w;           // first packed row block
+  int64_t block_bytes;        // stride between row blocks
+  int64_t n_blocks;           // blocks to compute (= ceil(n_cols / nr))
+  int64_t n_cols;             // output columns to write; the last block may be partial
+  int64_t groups;             // weight groups per row (the layout's padded K / 32)
+  Scheme scheme;
+  const Layout* layout;       // used by the generic scalar kernel; ISA kernels assert theirs
+
+  const int8_t* a;            // activation row 0 (int8, zero-padded to a multiple of 64)
+  int64_t a_stride;           // bytes between activation rows
+  const float* a_scales;      // row 0's per-block scales
+  const int32_t* a_neg8_sums; // row 0's -8 * block sums (Offset8 correction)
+  int64_t a_groups_stride;    // elements between rows of a_scales / a_neg8_sums
+  int64_t m;                  // activation rows (>= 1)
+
+  float* y;                   // Y row 0, column 0 of this call
+  int64_t ldy;
+};
+
+using Fn = void (*)(const Args&);
+
+// Kernels for one layout. `gemv` runs m == 1, `gemm` any m (nullptr = not built here).
+struct KernelSet {
+  const char* gemv_name;
+  Fn gemv;
+  const char* gemm_name;
+  Fn gemm;
+};
+
+// Generic kernel: reads any layout through packed_layout.h; the "scalar" level.
+void matmul_q8b32_q4p_any_scalar(const Args& args);
+
+#if defined(__x86_64__) || defined(_M_X64)
+void matmul_q8b32_q4p16x4_1x16_avx2(const Args& args);
+void matmul_q8b32_q4p16x4_4x8_avx2(const Args& args);
+void matmul_q8b32_q4p16x4_1x16_avx512vnni(const Args& args);
+void matmul_q8b32_q4p16x4_8x16_avx512vnni(const Args& args);
+#endif
+#if defined(__aarch64__)
+void matmul_q8b32_q4p8x8_1x8_neon_dotprod(const Args& args);
+void matmul_q8b32_q4p8x8_4x8_neon_dotprod(const Args& args);
+void matmul_q8b32_q4p8x8_4x8_neon_i8mm(const Args& args);
+#endif
+
+// Writes `count` floats from a full tile row to Y (partial last blocks).
+inline void store_partial(float* dst, const float* tile, int64_t count) {
+  std::memcpy(dst, tile, static_cast<size_t>(count) * sizeof(float));
+}
+
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline float load_f32(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+}  // namespace cpuchat::kernels::ukernel

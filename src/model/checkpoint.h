@@ -1,0 +1,82 @@
+// A loaded checkpoint in one canonical form, whatever file format it came from:
+// HF tensor names, q/k rows in HF's rotate-half RoPE order, tensors as zero-copy
+// views into memory-mapped files where the format allows.
+#pragma once
+#include <torch/torch.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpuchat/tokenizer.h"
+#include "model/mapped_file.h"
+
+namespace cpuchat {
+
+struct RopeScaling {  // Llama 3.1 "llama3" scaling of the RoPE frequencies
+  bool enabled = false;
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int original_max_position = 8192;
+};
+
+struct ModelConfig {
+  int dim = 0;          // hidden size
+  int hidden_dim = 0;   // FFN size
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int vocab_size = 0;
+  int max_position = 0;  // trained context length
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  bool tied_embeddings = false;
+  int bos_id = -1;
+  std::vector<int> eos_ids;
+};
+
+// The per-pair RoPE inverse frequencies after llama3 scaling (head_dim/2 values).
+std::vector<double> rope_inv_freq(const ModelConfig& c);
+
+struct Checkpoint {
+  std::string path;
+  std::string format;  // "hf", "meta", "llama2c", "gguf"
+  ModelConfig config;
+  // HF names: model.embed_tokens.weight, model.norm.weight, lm_head.weight (absent when
+  // tied), model.layers.N.{input_layernorm,post_attention_layernorm}.weight,
+  // model.layers.N.self_attn.{q,k,v,o}_proj.weight, model.layers.N.mlp.{gate,up,down}_proj.weight
+  std::map<std::string, torch::Tensor> tensors;
+  std::vector<std::shared_ptr<MappedFile>> files;  // keep the maps alive while tensors view them
+  std::unique_ptr<Tokenizer> embedded_tokenizer;   // GGUF carries its own
+  std::string tokenizer_path;                      // a tokenizer file found next to the weights
+
+  // Takes a tensor out of the map (throws naming the tensor if missing).
+  torch::Tensor take(const std::string& name);
+  const torch::Tensor& get(const std::string& name) const;
+  // Drops the pages of a mapped tensor we no longer need, so they leave our RSS.
+  void release_pages(const torch::Tensor& t) const;
+  // Checks every tensor's shape against the config; throws naming the tensor.
+  void validate() const;
+};
+
+// Detects the format of `path` (HF dir, Meta dir, llama2.c .bin, .gguf) and loads it.
+// Throws std::runtime_error with one line naming the file and the problem.
+Checkpoint load_checkpoint(const std::string& path);
+
+Checkpoint load_hf_checkpoint(const std::string& dir);
+Checkpoint load_meta_checkpoint(const std::string& dir);
+Checkpoint load_llama2c_checkpoint(const std::string& file);
+Checkpoint load_gguf_checkpoint(const std::string& file);
+
+// Reorders q/k rows from interleaved RoPE pairs (Meta, llama2.c, GGUF) to HF's
+// rotate-half order, so one RoPE implementation serves every format.
+torch::Tensor interleaved_to_rotate_half(const torch::Tensor& w, int n_heads);
+
+// The names of layer tensors, in one place.
+std::string layer_tensor(int layer, const char* suffix);
+
+}  // namespace cpuchat

@@ -1,0 +1,44 @@
+// `cpuchat serve` flags.
+#pragma once
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpuchat/engine.h"
+#include "server/pricing.h"
+
+namespace cpuchat::server {
+
+struct ServeOptions {
+  std::string model_path;
+  std::string tokenizer_path;
+  std::vector<Backend> backends{Backend::INT4};  // one engine (and model id) per backend
+  QuantScheme quant = QuantScheme::Q4G32;
+  bool cache_packed = false;
+  std::string host = "127.0.0.1";
+  int port = 8080;                 // 0: any free port (logged and printed)
+  int threads = 0;                 // 0: physical cores
+  int ctx = 0;                     // 0: engine default
+  int parallel = 1;                // slots (sessions) per engine
+  int max_queue = 16;              // waiting requests per engine before 429
+  size_t max_body_bytes = 4u << 20;
+  Pricing pricing;                 // --instance / --price-per-hour
+  std::string api_key;             // "": no auth
+  std::string cors_origin;         // "": no CORS headers
+  bool help = false;
+};
+
+// A bad flag: the message is one line, the exit code 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// argv[0] is "serve". Accepts "--flag value" and "--flag=value".
+ServeOptions parse_serve_args(int argc, char** argv);
+const char* serve_usage();
+
+// "int4" <-> Backend without needing the engine library (keeps this file testable alone).
+std::string backend_label(Backend b);
+
+}  // namespace cpuchat::server

@@ -1,0 +1,40 @@
+// What the HTTP layer needs from a loaded model, as an interface: the real implementation
+// wraps cpuchat::Engine (engine_model.cpp); the server tests plug in a scripted fake so the
+// whole HTTP surface is testable without model weights.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpuchat/engine.h"
+#include "cpuchat/tokenizer.h"
+
+namespace cpuchat::server {
+
+// One KV-cache slot (wraps cpuchat::Session). One request at a time.
+class GenerationSession {
+ public:
+  virtual ~GenerationSession() = default;
+  virtual GenerateResult generate(const GenerateRequest& req,
+                                  const std::function<bool(const TokenEvent&)>& on_token) = 0;
+  virtual int cached_tokens() const = 0;
+};
+
+class ServedModel {
+ public:
+  virtual ~ServedModel() = default;
+  virtual const ModelInfo& info() const = 0;
+  // Chat messages -> prompt ids (template + BOS), with the assistant turn opened.
+  virtual std::vector<int> encode_chat(const std::vector<ChatMessage>& messages) const = 0;
+  // Plain text -> prompt ids (BOS + text, special tokens not parsed).
+  virtual std::vector<int> encode_text(const std::string& text) const = 0;
+  // Raw bytes of one token (for logprob alternatives).
+  virtual std::string token_bytes(int id) const = 0;
+  virtual std::unique_ptr<GenerationSession> new_session() = 0;
+};
+
+// Loads a cpuchat::Engine (throws std::runtime_error like Engine::load).
+std::unique_ptr<ServedModel> load_engine_model(const LoadOptions& opts);
+
+}  // namespace cpuchat::server
