@@ -26,6 +26,7 @@ QuantScheme parse_quant(const std::string& s);  // throws std::invalid_argument
 
 struct LoadOptions {
   std::string model_path;        // HF dir, Meta dir, llama2.c .bin, or .gguf
+  std::string synthetic;         // instead of a path: random weights of a known shape ("llama3.1-8b", ...)
   std::string tokenizer_path;    // optional override (required for llama2.c .bin)
   Backend backend = Backend::INT4;
   QuantScheme quant = QuantScheme::Q4G32;
@@ -140,6 +141,7 @@ class Engine {
   ~Engine();
 
   const ModelInfo& info() const;
+  void set_threads(int threads);  // for benchmarks that sweep thread counts
   const Tokenizer& tokenizer() const;  // throws if loaded without one
   bool has_tokenizer() const;
   std::unique_ptr<Session> new_session();

@@ -1,5 +1,366 @@
-#include <stdexcept>
+// `cpuchat bench`: the before/after evidence. For each backend × thread count it
+// measures time to first token, prompt and decode speed (median of repeats after a
+// warm-up), peak RSS and cost, next to the machine's own limit: memory read bandwidth
+// measured in the same run, and the decode roofline it implies (bytes of weights read per
+// token ÷ bandwidth). Writes JSON, a Markdown table and an SVG chart.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "cli/args.h"
 #include "cli/commands.h"
+#include "cpuchat/engine.h"
+#include "server/pricing.h"
+
 namespace cpuchat {
-int bench_command(int, char**) { throw std::runtime_error("bench is not implemented yet"); }
+
+using nlohmann::json;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0 || line.rfind("Model", 0) == 0) {
+      auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
+    }
+  return "unknown";
+}
+
+// Streaming-read probe: every thread sums its slice of a buffer far larger than the
+// caches; the best of a few passes is the machine's read bandwidth for that many threads.
+double read_bandwidth_gbs(int threads, size_t bytes = size_t(1) << 30) {
+  std::vector<uint64_t> buf(bytes / 8);
+  for (size_t i = 0; i < buf.size(); i += 512) buf[i] = i;  // fault every page in
+  double best = 0;
+  std::vector<uint64_t> sums(threads * 8);
+  for (int pass = 0; pass < 4; ++pass) {
+    const auto t0 = Clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        const size_t n = buf.size() / threads, begin = t * n;
+        const uint64_t* p = buf.data() + begin;
+        uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (size_t i = 0; i + 4 <= n; i += 4) a += p[i], b += p[i + 1], c += p[i + 2], d += p[i + 3];
+        sums[t * 8] = a + b + c + d;
+      });
+    for (auto& th : pool) th.join();
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::max(best, bytes / s / 1e9);
+  }
+  volatile uint64_t sink = sums[0];
+  (void)sink;
+  return best;
+}
+
+void reset_peak_rss() {
+  // Writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so each backend's peak is its own.
+  int fd = open("/proc/self/clear_refs", O_WRONLY);
+  if (fd >= 0) {
+    ssize_t ignored = write(fd, "5", 1);
+    (void)ignored;
+    close(fd);
+  }
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+json stats(const std::vector<double>& v) {
+  return {{"median", median(v)}, {"min", *std::min_element(v.begin(), v.end())}, {"max", *std::max_element(v.begin(), v.end())}};
+}
+
+struct Progress {
+  int done = 0, total = 0;
+  Clock::time_point start = Clock::now();
+  void step(const std::string& what) {
+    ++done;
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    fprintf(stderr, "\r[%3d/%3d %6.0fs] %-70s", done, total, s, what.substr(0, 70).c_str());
+    if (done == total) fputc('\n', stderr);
+    fflush(stderr);
+  }
+};
+
+// ---- outputs ---------------------------------------------------------------------------
+
+std::string fmt(double v, int digits = 2) {
+  char b[64];
+  snprintf(b, sizeof b, "%.*f", digits, v);
+  return b;
+}
+
+std::string markdown(const json& report) {
+  const json& m = report["machine"];
+  std::ostringstream o;
+  o << "Machine: " << m["cpu"].get<std::string>() << ", " << m["cores"] << " cores, kernel ISA " << m["isa"].get<std::string>()
+    << ", read bandwidth " << fmt(m["read_bandwidth_gbs"]["1"]) << " GB/s (1 thread)";
+  for (auto& [k, v] : m["read_bandwidth_gbs"].items())
+    if (k != "1") o << ", " << fmt(v) << " GB/s (" << k << " threads)";
+  o << ".\n\n| model | backend | threads | TTFT (s) | prompt tok/s | decode tok/s | roofline tok/s | % of roofline | "
+       "weights/token (GB) | peak RSS (GB) | $ / 1M tokens | decode uplift |\n"
+    << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const json& r : report["results"]) {
+    o << "| " << r["model"].get<std::string>() << " | " << r["backend"].get<std::string>() << " | " << r["threads"] << " | "
+      << fmt(r["ttft_s"], 3) << " | " << fmt(r["prompt_tokens_per_s"], 1) << " | " << fmt(r["decode_tokens_per_s"], 2) << " | "
+      << fmt(r["roofline_tokens_per_s"], 2) << " | " << fmt(100 * r["roofline_fraction"].get<double>(), 0) << "% | "
+      << fmt(r["weight_bytes_per_token"].get<double>() / 1e9, 3) << " | " << fmt(r["peak_rss_bytes"].get<double>() / 1e9, 2)
+      << " | " << (r["cost_per_million_tokens_usd"].is_null() ? "-" : fmt(r["cost_per_million_tokens_usd"], 2)) << " | "
+      << (r.contains("decode_uplift") ? fmt(r["decode_uplift"], 2) + "×" : "") << " |\n";
+  }
+  return o.str();
+}
+
+std::string xml_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    if (c == '<') o += "&lt;";
+    else if (c == '>') o += "&gt;";
+    else if (c == '&') o += "&amp;";
+    else o += c;
+  }
+  return o;
+}
+
+// Two panels of grouped bars, one group per (model, threads), one bar per backend:
+// decode tokens/s (higher is better) and time to first token (lower is better).
+std::string svg_chart(const json& report) {
+  std::vector<std::string> groups, backends;
+  std::map<std::pair<std::string, std::string>, const json*> cell;
+  for (const json& r : report["results"]) {
+    const std::string g = r["model"].get<std::string>() + " · " + std::to_string(r["threads"].get<int>()) + "T";
+    const std::string b = r["backend"];
+    if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
+    if (std::find(backends.begin(), backends.end(), b) == backends.end()) backends.push_back(b);
+    cell[{g, b}] = &r;
+  }
+  const char* colors[] = {"#9aa5b1", "#2f80ed", "#27ae60", "#eb5757"};
+  const int group_w = 40 + 34 * int(backends.size()), panel_h = 260, left = 60, top = 70;
+  const int width = left + 20 + group_w * std::max<size_t>(1, groups.size()), height = top + 2 * (panel_h + 70) + 20;
+  std::ostringstream o;
+  o << "<svg xmlns='http://www.w3.org/2000/svg' width='" << width << "' height='" << height << "' viewBox='0 0 " << width << " "
+    << height << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n"
+    << "<text x='" << left << "' y='24' font-size='16' font-weight='bold'>cpuchat: libtorch baseline vs INT4 kernels</text>\n"
+    << "<text x='" << left << "' y='44' fill='#555'>" << xml_escape(report["machine"]["cpu"].get<std::string>()) << " · "
+    << xml_escape(report["machine"]["isa"].get<std::string>()) << "</text>\n";
+  for (size_t b = 0; b < backends.size(); ++b)
+    o << "<rect x='" << width - 100 << "' y='" << 14 + 16 * b << "' width='10' height='10' fill='" << colors[b % 4] << "'/><text x='"
+      << width - 85 << "' y='" << 23 + 16 * b << "'>" << xml_escape(backends[b]) << "</text>\n";
+  auto panel = [&](int y0, const char* key, const char* title, int digits) {
+    double max = 0;
+    for (auto& [k, r] : cell) max = std::max(max, (*r)[key].get<double>());
+    if (max <= 0) max = 1;
+    o << "<text x='" << left << "' y='" << y0 - 8 << "' font-weight='bold'>" << title << "</text>\n"
+      << "<line x1='" << left << "' y1='" << y0 + panel_h << "' x2='" << width - 10 << "' y2='" << y0 + panel_h
+      << "' stroke='#333'/>\n";
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const int gx = left + 20 + int(g) * group_w;
+      for (size_t b = 0; b < backends.size(); ++b) {
+        auto it = cell.find({groups[g], backends[b]});
+        if (it == cell.end()) continue;
+        const double v = (*it->second)[key].get<double>();
+        const int h = int(v / max * (panel_h - 20)), x = gx + 34 * int(b);
+        o << "<rect x='" << x << "' y='" << y0 + panel_h - h << "' width='28' height='" << h << "' fill='" << colors[b % 4]
+          << "'><title>" << xml_escape(backends[b]) << ": " << fmt(v, digits) << "</title></rect>\n"
+          << "<text x='" << x + 14 << "' y='" << y0 + panel_h - h - 4 << "' text-anchor='middle' font-size='10'>" << fmt(v, digits)
+          << "</text>\n";
+      }
+      o << "<text x='" << gx + 17 * int(backends.size()) - 3 << "' y='" << y0 + panel_h + 16 << "' text-anchor='middle'>"
+        << xml_escape(groups[g]) << "</text>\n";
+    }
+  };
+  panel(top + 10, "decode_tokens_per_s", "Decode speed (tokens/s, higher is better)", 1);
+  panel(top + panel_h + 90, "ttft_s", "Time to first token (s, lower is better)", 3);
+  o << "</svg>\n";
+  return o.str();
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path);
+  if (!out) throw std::runtime_error(path + ": cannot write");
+  out << text;
+}
+
+// ---- the run ---------------------------------------------------------------------------
+
+const char* kBenchUsage =
+    "usage: cpuchat bench (--model PATH | --synthetic SHAPE) [--backends bf16,int4] [--threads 1,2]\n"
+    "                     [--prompt-tokens 128] [--gen-tokens 64] [--repeat 3] [--quant q4g32|q4c]\n"
+    "                     [--instance NAME] [--price-per-hour USD] [--json FILE] [--svg FILE] [--markdown FILE]\n"
+    "       cpuchat bench --merge A.json,B.json [--json FILE] [--svg FILE] [--markdown FILE]\n"
+    "  SHAPE: llama3.1-8b, llama3.2-3b, llama3.2-1b, tiny (random weights made in memory)\n";
+
+void add_uplift(json& results) {
+  // int4 ÷ the first baseline backend measured at the same model and thread count.
+  for (json& r : results) {
+    if (r["backend"] != "int4") continue;
+    for (const json& base : results)
+      if (base["backend"] != "int4" && base["model"] == r["model"] && base["threads"] == r["threads"]) {
+        r["baseline_backend"] = base["backend"];
+        r["decode_uplift"] = r["decode_tokens_per_s"].get<double>() / std::max(1e-9, base["decode_tokens_per_s"].get<double>());
+        r["prompt_uplift"] = r["prompt_tokens_per_s"].get<double>() / std::max(1e-9, base["prompt_tokens_per_s"].get<double>());
+        r["ttft_speedup"] = base["ttft_s"].get<double>() / std::max(1e-9, r["ttft_s"].get<double>());
+        break;
+      }
+  }
+}
+
+int bench_body(const Args& a) {
+  json report;
+  if (a.has("--merge")) {
+    report["results"] = json::array();
+    for (const auto& f : a.get_list("--merge", "")) {
+      std::ifstream in(f);
+      if (!in) throw std::runtime_error(f + ": cannot open");
+      json part = json::parse(in, nullptr, false);
+      if (part.is_discarded() || !part.contains("results")) throw std::runtime_error(f + ": not a cpuchat bench JSON");
+      if (!report.contains("machine")) report["machine"] = part["machine"];
+      for (auto& r : part["results"]) report["results"].push_back(r);
+    }
+  } else {
+    if (a.has("--model") == a.has("--synthetic")) throw UsageError("give exactly one of --model and --synthetic");
+    const auto backends = a.get_list("--backends", "bf16,int4");
+    std::vector<int> threads;
+    for (const auto& t : a.get_list("--threads", "1," + std::to_string(physical_cores()))) {
+      char* end = nullptr;
+      long v = strtol(t.c_str(), &end, 10);
+      if (*end || v < 1 || v > 1024) throw UsageError("--threads expects a list of positive integers, got '" + t + "'");
+      if (std::find(threads.begin(), threads.end(), int(v)) == threads.end()) threads.push_back(int(v));
+    }
+    const int prompt_tokens = int(a.get_int("--prompt-tokens", 128, 1, 1 << 20));
+    const int gen_tokens = int(a.get_int("--gen-tokens", 64, 2, 1 << 20));
+    const int repeat = int(a.get_int("--repeat", 3, 1, 1000));
+    server::Pricing pricing;
+    try {
+      pricing = server::resolve_pricing(a.has("--instance") ? std::optional<std::string>(a.get("--instance")) : std::nullopt,
+                                        a.has("--price-per-hour") ? std::optional<double>(a.get_double("--price-per-hour", 0, 0, 1e6))
+                                                                  : std::nullopt,
+                                        server::Pricing{});
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(e.what());
+    }
+    std::vector<Backend> parsed;
+    for (const auto& b : backends) {
+      try {
+        parsed.push_back(parse_backend(b));
+      } catch (const std::invalid_argument& e) {
+        throw UsageError(e.what());
+      }
+    }
+
+    Progress progress;
+    progress.total = int(threads.size()) + int(parsed.size()) * (1 + int(threads.size()) * (repeat + 1));
+    json machine = {{"cpu", cpu_model()}, {"cores", physical_cores()}, {"isa", ""}, {"read_bandwidth_gbs", json::object()}};
+    for (int t : threads) {
+      machine["read_bandwidth_gbs"][std::to_string(t)] = read_bandwidth_gbs(t);
+      progress.step("read bandwidth, " + std::to_string(t) + " thread(s)");
+    }
+    report["results"] = json::array();
+    for (Backend backend : parsed) {
+      reset_peak_rss();
+      LoadOptions o;
+      o.model_path = a.get("--model");
+      o.synthetic = a.get("--synthetic");
+      o.backend = backend;
+      o.quant = parse_quant(a.get("--quant", "q4g32"));
+      o.threads = threads.back();
+      o.ctx = prompt_tokens + gen_tokens + 8;
+      o.require_tokenizer = false;
+      auto engine = Engine::load(o);
+      const ModelInfo& info = engine->info();
+      if (backend == Backend::INT4) machine["isa"] = info.isa;
+      progress.step("loaded " + info.name + " (" + info.backend + ") in " + fmt(info.load_time_s) + " s");
+      // A fixed pseudo-random prompt (the same for every backend) of ordinary tokens.
+      std::vector<int> prompt(prompt_tokens);
+      for (int i = 0; i < prompt_tokens; ++i) prompt[i] = 1000 + int((uint64_t(i) * 2654435761u) % uint64_t(std::max(1, info.vocab_size - 2000)));
+      if (info.vocab_size <= 2000)
+        for (int i = 0; i < prompt_tokens; ++i) prompt[i] = 3 + i % std::max(1, info.vocab_size - 3);
+      for (int t : threads) {
+        engine->set_threads(t);
+        GenerateRequest req;
+        req.prompt_ids = prompt;
+        req.max_tokens = gen_tokens;
+        req.sampling.temperature = 0;
+        req.ignore_eos = true;
+        std::vector<double> ttft, prompt_tps, decode_tps, total;
+        for (int r = 0; r <= repeat; ++r) {  // r == 0 is the warm-up
+          auto session = engine->new_session();
+          GenerateResult res = session->generate(req);
+          if (r > 0) {
+            ttft.push_back(res.metrics.ttft_s);
+            prompt_tps.push_back(res.metrics.prompt_tokens_per_s);
+            decode_tps.push_back(res.metrics.decode_tokens_per_s);
+            total.push_back(res.metrics.total_time_s);
+          }
+          progress.step(info.name + " " + info.backend + " " + std::to_string(t) + "T " + (r ? "run " + std::to_string(r) : "warm-up") +
+                        ": " + fmt(res.metrics.decode_tokens_per_s, 1) + " tok/s");
+        }
+        const double bw = machine["read_bandwidth_gbs"][std::to_string(t)].get<double>();
+        const double roofline = bw * 1e9 / double(info.weight_bytes_per_token);
+        const double decode = median(decode_tps);
+        const auto cost = server::compute_cost(pricing.price_per_hour_usd, decode, median(total));
+        json row = {{"model", info.name},
+                    {"backend", info.backend},
+                    {"quant", info.quant},
+                    {"isa", info.isa},
+                    {"threads", t},
+                    {"prompt_tokens", prompt_tokens},
+                    {"gen_tokens", gen_tokens},
+                    {"repeat", repeat},
+                    {"ttft_s", median(ttft)},
+                    {"prompt_tokens_per_s", median(prompt_tps)},
+                    {"decode_tokens_per_s", decode},
+                    {"ttft_s_stats", stats(ttft)},
+                    {"prompt_tokens_per_s_stats", stats(prompt_tps)},
+                    {"decode_tokens_per_s_stats", stats(decode_tps)},
+                    {"weight_bytes_per_token", info.weight_bytes_per_token},
+                    {"read_bandwidth_gbs", bw},
+                    {"roofline_tokens_per_s", roofline},
+                    {"roofline_fraction", decode / roofline},
+                    {"peak_rss_bytes", peak_rss_bytes()},
+                    {"load_time_s", info.load_time_s},
+                    {"n_params", info.n_params},
+                    {"instance", pricing.instance},
+                    {"price_per_hour_usd", pricing.price_per_hour_usd},
+                    {"cost_per_million_tokens_usd", cost.per_million_tokens_usd ? json(*cost.per_million_tokens_usd) : json(nullptr)}};
+        report["results"].push_back(row);
+      }
+    }
+    report["machine"] = machine;
+  }
+  add_uplift(report["results"]);
+  const std::string md = markdown(report);
+  if (a.has("--json")) write_file(a.get("--json"), report.dump(2) + "\n");
+  if (a.has("--markdown")) write_file(a.get("--markdown"), md);
+  if (a.has("--svg")) write_file(a.get("--svg"), svg_chart(report));
+  std::cout << md;
+  return 0;
+}
+
+}  // namespace
+
+int bench_command(int argc, char** argv) {
+  return run_command("bench", kBenchUsage, bench_body, argc, argv,
+                     {"--model", "--synthetic", "--backends", "--threads", "--prompt-tokens", "--gen-tokens", "--repeat", "--quant",
+                      "--instance", "--price-per-hour", "--json", "--svg", "--markdown", "--merge"},
+                     {});
+}
+
 }  // namespace cpuchat

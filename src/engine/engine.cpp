@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "engine/sampler.h"
+#include "model/make_model.h"
 #include "model/model.h"
 
 namespace cpuchat {
@@ -124,7 +125,8 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& opts) {
   const int threads = opts.threads > 0 ? opts.threads : physical_cores();
   at::set_num_threads(threads);
 
-  Checkpoint ck = load_checkpoint(opts.model_path);
+  Checkpoint ck = opts.synthetic.empty() ? load_checkpoint(opts.model_path)
+                                         : synthetic_checkpoint(model_shape(opts.synthetic), /*seed=*/1);
   const ModelConfig config = ck.config;
 
   // Tokenizer: an explicit file wins, then one embedded in the checkpoint, then one beside it.
@@ -134,7 +136,7 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& opts) {
     e.tokenizer = std::move(ck.embedded_tokenizer);
   } else if (!ck.tokenizer_path.empty()) {
     e.tokenizer = load_tokenizer(ck.tokenizer_path, config.vocab_size);
-  } else if (opts.require_tokenizer) {
+  } else if (opts.require_tokenizer && opts.synthetic.empty()) {
     throw std::runtime_error(opts.model_path + ": no tokenizer found (tokenizer.json or tokenizer.model); pass --tokenizer FILE");
   }
   if (e.tokenizer) {
@@ -153,8 +155,8 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& opts) {
                              std::to_string(config.max_position) + " tokens");
 
   ModelInfo& info = e.info;
-  info.path = opts.model_path;
-  info.name = base_name(opts.model_path);
+  info.path = opts.synthetic.empty() ? opts.model_path : "synthetic:" + opts.synthetic;
+  info.name = opts.synthetic.empty() ? base_name(opts.model_path) : opts.synthetic;
   info.format = ck.format;
   info.backend = backend_name(opts.backend);
   info.quant = opts.backend == Backend::INT4 ? quant_name(opts.quant) : "";
@@ -176,6 +178,10 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& opts) {
 }
 
 const ModelInfo& Engine::info() const { return impl_->info; }
+void Engine::set_threads(int threads) {
+  at::set_num_threads(threads);
+  impl_->info.threads = threads;
+}
 bool Engine::has_tokenizer() const { return impl_->tokenizer != nullptr; }
 const Tokenizer& Engine::tokenizer() const {
   if (!impl_->tokenizer) throw std::runtime_error("this model was loaded without a tokenizer; pass --tokenizer FILE");

@@ -1,5 +1,7 @@
 #include "model/checkpoint.h"
 
+#include "model/make_model.h"
+
 #include <sys/stat.h>
 
 #include <cmath>
@@ -63,6 +65,15 @@ torch::Tensor interleaved_to_rotate_half(const torch::Tensor& w, int n_heads) {
 }
 
 torch::Tensor Checkpoint::take(const std::string& name) {
+  if (auto lazy = lazy_shapes.find(name); lazy != lazy_shapes.end() && !tensors.count(name)) {
+    torch::Tensor t = torch::empty(lazy->second, torch::kBFloat16);
+    if (t.dim() == 1)
+      t.fill_(1.0);  // norm weights
+    else
+      random_bf16(reinterpret_cast<uint16_t*>(t.data_ptr()), t.numel(), lazy_seed ^ std::hash<std::string>()(name));
+    lazy_shapes.erase(lazy);
+    return t;
+  }
   auto it = tensors.find(name);
   if (it == tensors.end()) throw std::runtime_error(path + ": missing tensor " + name);
   torch::Tensor t = std::move(it->second);
@@ -110,6 +121,16 @@ void Checkpoint::validate() const {
     expect(layer_tensor(l, "mlp.up_proj.weight"), {c.hidden_dim, c.dim});
     expect(layer_tensor(l, "mlp.down_proj.weight"), {c.dim, c.hidden_dim});
   }
+}
+
+Checkpoint synthetic_checkpoint(const ModelConfig& config, uint64_t seed) {
+  Checkpoint ck;
+  ck.path = "synthetic";
+  ck.format = "synthetic";
+  ck.config = config;
+  ck.lazy_seed = seed;
+  for (auto& [name, shape] : tensor_shapes(config)) ck.lazy_shapes[name] = shape;
+  return ck;
 }
 
 Checkpoint load_checkpoint(const std::string& path) {

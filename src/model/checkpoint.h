@@ -53,6 +53,10 @@ struct Checkpoint {
   std::vector<std::shared_ptr<MappedFile>> files;  // keep the maps alive while tensors view them
   std::unique_ptr<Tokenizer> embedded_tokenizer;   // GGUF carries its own
   std::string tokenizer_path;                      // a tokenizer file found next to the weights
+  // Synthetic checkpoints (benchmarks) list shapes here and make each tensor only when
+  // it is taken, so an 8B-shaped model never exists unpacked all at once.
+  std::map<std::string, std::vector<int64_t>> lazy_shapes;
+  uint64_t lazy_seed = 0;
 
   // Takes a tensor out of the map (throws naming the tensor if missing).
   torch::Tensor take(const std::string& name);
@@ -62,6 +66,9 @@ struct Checkpoint {
   // Checks every tensor's shape against the config; throws naming the tensor.
   void validate() const;
 };
+
+// A random-weight checkpoint of `config`'s shape, made tensor by tensor as it is taken.
+Checkpoint synthetic_checkpoint(const ModelConfig& config, uint64_t seed);
 
 // Detects the format of `path` (HF dir, Meta dir, llama2.c .bin, .gguf) and loads it.
 // Throws std::runtime_error with one line naming the file and the problem.
