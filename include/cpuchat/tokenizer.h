@@ -10,7 +10,12 @@
 
 namespace cpuchat {
 
-// Which chat template a tokenizer's model family uses.
+// Which chat template a tokenizer's model family uses (see render_chat). Loaders pick:
+// Llama3 when the vocabulary has <|start_header_id|>, <|end_header_id|> and <|eot_id|>;
+// Llama2 for Llama 2's 32000-piece SentencePiece vocabulary (<s> = 1, </s> = 2); Plain
+// otherwise (e.g. the 512-piece TinyStories vocabulary). A tokenizer cannot tell a base
+// model from a chat model, so a model loader may overwrite chat_format (stories15M uses
+// Llama 2's vocabulary but is a base model).
 enum class ChatFormat { Llama3, Llama2, Plain };
 
 class Tokenizer {
@@ -27,6 +32,8 @@ class Tokenizer {
   virtual std::optional<int> special_id(std::string_view text) const = 0;
   virtual bool is_special(int id) const = 0;
 
+  // The tokens' bytes as text: ill-formed UTF-8 becomes U+FFFD, and with
+  // strip_leading_space_on_decode the first non-special piece loses its leading space.
   std::string decode(const std::vector<int>& ids, bool skip_special = false) const;
 
   int bos_id = -1;
@@ -37,7 +44,8 @@ class Tokenizer {
 };
 
 // Loads a tokenizer file, detecting its format: HF tokenizer.json, Meta tiktoken
-// tokenizer.model, SentencePiece tokenizer.model, llama2.c tokenizer.bin.
+// tokenizer.model, SentencePiece tokenizer.model, llama2.c tokenizer.bin. A directory
+// loads its tokenizer.json, else its tokenizer.model.
 // vocab_size_hint: the model's vocabulary size (for llama2.c .bin files), 0 if unknown.
 // Throws std::runtime_error with a one-line message naming the file on any problem.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int vocab_size_hint = 0);
@@ -76,7 +84,14 @@ struct ChatMessage {
 // like "<|eot_id|>" cannot forge a turn. add_generation_prompt opens the assistant turn.
 std::vector<int> encode_chat(const Tokenizer& tok, const std::vector<ChatMessage>& messages,
                              bool add_generation_prompt = true);
-// The same prompt as text, for display and tests.
+// The same prompt as text, for display and tests. Contents are trimmed. Formats:
+//   Llama3: <|begin_of_text|> then per message <|start_header_id|>{role}<|end_header_id|>\n\n
+//           {content}<|eot_id|>; the generation prompt is <|start_header_id|>assistant<|end_header_id|>\n\n
+//   Llama2: Meta's <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s> per
+//           exchange; the last user turn stays open (add_generation_prompt changes nothing).
+//   Plain:  BOS + all contents joined with single spaces, so a base/story model continues the
+//           text (no role labels).
+// Roles other than system/user/assistant throw std::invalid_argument.
 std::string render_chat(ChatFormat format, const std::vector<ChatMessage>& messages,
                         bool add_generation_prompt = true);
 

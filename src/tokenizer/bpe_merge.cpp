@@ -44,8 +44,7 @@ void apply_merges(std::vector<int>& symbols, const PairTable& pairs) {
 
   std::vector<Candidate> storage;
   storage.reserve(n);
-  std::priority_queue<Candidate, std::vector<Candidate>, WorseCandidate> queue(WorseCandidate{},
-                                                                                std::move(storage));
+  std::priority_queue<Candidate, std::vector<Candidate>, WorseCandidate> queue(WorseCandidate{}, std::move(storage));
   auto consider = [&](int left, int right) {
     if (left < 0 || right < 0) return;
     if (const MergeRule* rule = pairs.find(symbols[left], symbols[right]))
@@ -57,8 +56,8 @@ void apply_merges(std::vector<int>& symbols, const PairTable& pairs) {
     const Candidate c = queue.top();
     queue.pop();
     // Stale if either side has since been merged into something else.
-    if (!alive[c.left] || !alive[c.right] || next[c.left] != c.right ||
-        symbols[c.left] != c.left_id || symbols[c.right] != c.right_id)
+    if (!alive[c.left] || !alive[c.right] || next[c.left] != c.right || symbols[c.left] != c.left_id ||
+        symbols[c.right] != c.right_id)
       continue;
     symbols[c.left] = c.result;
     alive[c.right] = false;

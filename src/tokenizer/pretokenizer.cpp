@@ -47,9 +47,12 @@ void pretokenize_llama3(std::string_view text, const std::function<void(std::str
     const uint32_t cp = step.code_point;
     CharClass cls = kOther;
     if (step.valid) {
-      if (is_letter(cp)) cls = kLetter;
-      else if (is_number(cp)) cls = kNumber;
-      else if (is_whitespace(cp)) cls = kSpace;
+      if (is_letter(cp))
+        cls = kLetter;
+      else if (is_number(cp))
+        cls = kNumber;
+      else if (is_whitespace(cp))
+        cls = kSpace;
     }
     chars.push_back({step.valid ? cp : 0xFFFD, static_cast<uint32_t>(pos), cls});
     pos += step.length;
@@ -72,8 +75,10 @@ void pretokenize_llama3(std::string_view text, const std::function<void(std::str
     if (cp == '\'' && i + 1 < n) {
       const uint32_t c1 = fold_contraction_letter(chars[i + 1].cp);
       const uint32_t c2 = i + 2 < n ? fold_contraction_letter(chars[i + 2].cp) : 0;
-      if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') end = i + 2;
-      else if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) end = i + 3;
+      if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd')
+        end = i + 2;
+      else if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l'))
+        end = i + 3;
     }
     // B: an optional non-letter/number/newline prefix, then letters.
     if (!end) {

@@ -45,25 +45,31 @@ std::optional<int> SpecialTokenMatcher::id_of(std::string_view text) const {
   return it->second;
 }
 
-bool SpecialTokenMatcher::find(std::string_view text, size_t from, size_t* pos, size_t* len,
-                               int* id) const {
-  if (by_text_.empty()) return false;
-  for (size_t i = from; i < text.size(); ++i) {
-    const auto& bucket = by_first_byte_[static_cast<unsigned char>(text[i])];
-    for (const auto& [special, special_id] : bucket) {  // longest first
-      if (text.compare(i, special.size(), special) == 0) {
-        *pos = i;
-        *len = special.size();
-        *id = special_id;
-        return true;
-      }
+bool SpecialTokenMatcher::match_at(std::string_view text, size_t pos, size_t* len, int* id) const {
+  if (pos >= text.size()) return false;
+  for (const auto& [special, special_id] : by_first_byte_[static_cast<unsigned char>(text[pos])]) {
+    if (text.compare(pos, special.size(), special) == 0) {  // longest first
+      *len = special.size();
+      *id = special_id;
+      return true;
     }
   }
   return false;
 }
 
-void encode_with_specials(std::string_view text, bool parse_special,
-                          const SpecialTokenMatcher& specials, std::vector<int>& out,
+bool SpecialTokenMatcher::find(std::string_view text, size_t from, size_t* pos, size_t* len, int* id) const {
+  if (by_text_.empty()) return false;
+  for (size_t i = from; i < text.size(); ++i) {
+    if (match_at(text, i, len, id)) {
+      *pos = i;
+      return true;
+    }
+  }
+  return false;
+}
+
+void encode_with_specials(std::string_view text, bool parse_special, const SpecialTokenMatcher& specials,
+                          std::vector<int>& out,
                           const std::function<void(std::string_view, std::vector<int>&)>& encode_text) {
   if (!parse_special) {
     encode_text(text, out);
@@ -115,8 +121,7 @@ std::string Tokenizer::decode(const std::vector<int>& ids, bool skip_special) co
     // SentencePiece drops the dummy-prefix space of the first text piece; control tokens
     // (BOS) in front of it do not count.
     if (!special) {
-      if (first_text_piece && strip_leading_space_on_decode && !piece.empty() && piece[0] == ' ')
-        piece.erase(0, 1);
+      if (first_text_piece && strip_leading_space_on_decode && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
       first_text_piece = false;
     }
     bytes += piece;
@@ -128,8 +133,7 @@ std::string StreamingDecoder::push(int id) {
   const bool special = tok_.is_special(id);
   std::string piece = tok_.token_bytes(id);
   if (!special) {
-    if (first_ && tok_.strip_leading_space_on_decode && !piece.empty() && piece[0] == ' ')
-      piece.erase(0, 1);
+    if (first_ && tok_.strip_leading_space_on_decode && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
     first_ = false;
   }
   pending_ += piece;
@@ -141,8 +145,10 @@ std::string StreamingDecoder::push(int id) {
   while (pos < pending_.size()) {
     const tok::Utf8Step step = tok::next_utf8_char(pending_, pos);
     if (step.truncated) break;
-    if (step.valid) ready.append(pending_, pos, step.length);
-    else tok::append_utf8(ready, 0xFFFD);
+    if (step.valid)
+      ready.append(pending_, pos, step.length);
+    else
+      tok::append_utf8(ready, 0xFFFD);
     pos += step.length;
   }
   pending_.erase(0, pos);
@@ -179,8 +185,7 @@ bool looks_like_tiktoken(const std::string& contents) {
   return digits_end > space + 1 && (digits_end == line_end || contents[digits_end] == '\r');
 }
 
-std::unique_ptr<Tokenizer> load_by_contents(const std::string& path, const std::string& contents,
-                                            int vocab_size_hint) {
+std::unique_ptr<Tokenizer> load_by_contents(const std::string& path, const std::string& contents, int vocab_size_hint) {
   if (contents.empty()) tok::fail(path, "file is empty");
   const std::string ext = lowercase_extension(path);
   if (ext == ".json") return tok::load_hf_json(path, contents);
@@ -190,8 +195,9 @@ std::unique_ptr<Tokenizer> load_by_contents(const std::string& path, const std::
   if (contents[0] == '{') return tok::load_hf_json(path, contents);
   // A SentencePiece ModelProto starts with field 1 (pieces), length-delimited: byte 0x0A.
   if (contents[0] == '\x0A') return tok::load_sentencepiece_model(path, contents);
-  tok::fail(path, "unrecognized format (expected HF tokenizer.json, tiktoken text, "
-                  "SentencePiece model or llama2.c tokenizer.bin)");
+  tok::fail(path,
+            "unrecognized format (expected HF tokenizer.json, tiktoken text, "
+            "SentencePiece model or llama2.c tokenizer.bin)");
 }
 
 }  // namespace
@@ -202,9 +208,12 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int vocab_siz
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
     // HF directories have both; tokenizer.json carries the specials and merges HF uses.
-    if (fs::exists(fs::path(path) / "tokenizer.json", ec)) file = (fs::path(path) / "tokenizer.json").string();
-    else if (fs::exists(fs::path(path) / "tokenizer.model", ec)) file = (fs::path(path) / "tokenizer.model").string();
-    else tok::fail(path, "directory has neither tokenizer.json nor tokenizer.model");
+    if (fs::exists(fs::path(path) / "tokenizer.json", ec))
+      file = (fs::path(path) / "tokenizer.json").string();
+    else if (fs::exists(fs::path(path) / "tokenizer.model", ec))
+      file = (fs::path(path) / "tokenizer.model").string();
+    else
+      tok::fail(path, "directory has neither tokenizer.json nor tokenizer.model");
   }
   std::ifstream in(file, std::ios::binary);
   if (!in) tok::fail(file, "cannot open (missing or unreadable)");

@@ -56,6 +56,8 @@ class SpecialTokenMatcher {
   std::optional<int> id_of(std::string_view text) const;
   // Searches text[from..]; on success sets *pos, *len, *id.
   bool find(std::string_view text, size_t from, size_t* pos, size_t* len, int* id) const;
+  // The longest special token starting exactly at text[pos].
+  bool match_at(std::string_view text, size_t pos, size_t* len, int* id) const;
 
  private:
   std::unordered_map<std::string, int> by_text_;
@@ -65,8 +67,8 @@ class SpecialTokenMatcher {
 
 // Calls encode_text on the text between special tokens and appends special ids
 // (only when parse_special; otherwise the whole text goes to encode_text).
-void encode_with_specials(std::string_view text, bool parse_special,
-                          const SpecialTokenMatcher& specials, std::vector<int>& out,
+void encode_with_specials(std::string_view text, bool parse_special, const SpecialTokenMatcher& specials,
+                          std::vector<int>& out,
                           const std::function<void(std::string_view, std::vector<int>&)>& encode_text);
 
 // ---- the merge engine ----
@@ -91,9 +93,7 @@ class PairTable {
   void reserve(size_t n) { rules_.reserve(n); }
 
  private:
-  static uint64_t key(int left, int right) {
-    return (uint64_t(uint32_t(left)) << 32) | uint32_t(right);
-  }
+  static uint64_t key(int left, int right) { return (uint64_t(uint32_t(left)) << 32) | uint32_t(right); }
   std::unordered_map<uint64_t, MergeRule> rules_;
 };
 
@@ -110,12 +110,10 @@ void apply_merges(std::vector<int>& symbols, const PairTable& pairs);
 std::unique_ptr<Tokenizer> load_hf_json(const std::string& path, const std::string& contents);
 std::unique_ptr<Tokenizer> load_tiktoken(const std::string& path, const std::string& contents);
 std::unique_ptr<Tokenizer> load_sentencepiece_model(const std::string& path, const std::string& contents);
-std::unique_ptr<Tokenizer> load_llama2c_bin(const std::string& path, const std::string& contents,
-                                            int vocab_size_hint);
+std::unique_ptr<Tokenizer> load_llama2c_bin(const std::string& path, const std::string& contents, int vocab_size_hint);
 // A SentencePiece-style BPE from an HF tokenizer.json (Llama 2 / TinyLlama "legacy" layout:
 // Prepend+Replace normalizer, byte_fallback, merge ranks).
-std::unique_ptr<Tokenizer> make_hf_sentencepiece_bpe(const std::string& path,
-                                                     std::vector<std::string> pieces,
+std::unique_ptr<Tokenizer> make_hf_sentencepiece_bpe(const std::string& path, std::vector<std::string> pieces,
                                                      const std::vector<std::pair<std::string, std::string>>& merges,
                                                      std::vector<int> token_types, bool add_dummy_prefix);
 
