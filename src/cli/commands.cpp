@@ -90,20 +90,20 @@ const std::string kGenerateUsage = std::string("usage: cpuchat generate --model 
 
 int generate_body(const Args& a) {
   if (a.has("--prompt") == a.has("--ids")) throw UsageError("give exactly one of --prompt and --ids");
-  auto engine = Engine::load(load_options(a, Backend::INT4, /*require_tokenizer=*/a.has("--prompt")));
-  GenerateRequest req;
-  if (a.has("--ids")) {
-    req.prompt_ids = a.get_ids("--ids");
-  } else if (a.has("--chat")) {
+  GenerateRequest req;  // every flag is checked before the (slow) load
+  req.max_tokens = int(a.get_int("--max-tokens", 128, 1, 1 << 24));
+  req.sampling = sampling_from(a, 0.8f);
+  req.ignore_eos = a.has("--ignore-eos");
+  if (a.has("--ids")) req.prompt_ids = a.get_ids("--ids");
+  const LoadOptions options = load_options(a, Backend::INT4, /*require_tokenizer=*/a.has("--prompt"));
+  auto engine = Engine::load(options);
+  if (a.has("--chat")) {
     req.prompt_ids = encode_chat(engine->tokenizer(), {{"user", a.get("--prompt")}});
-  } else {
+  } else if (a.has("--prompt")) {
     const Tokenizer& tok = engine->tokenizer();
     req.prompt_ids = tok.encode(a.get("--prompt"));
     if (tok.bos_id >= 0) req.prompt_ids.insert(req.prompt_ids.begin(), tok.bos_id);
   }
-  req.max_tokens = int(a.get_int("--max-tokens", 128, 1, 1 << 24));
-  req.sampling = sampling_from(a, 0.8f);
-  req.ignore_eos = a.has("--ignore-eos");
   auto session = engine->new_session();
   const bool as_json = a.has("--json");
   GenerateResult r = session->generate(req, [&](const TokenEvent& ev) {
@@ -216,6 +216,9 @@ int detokenize_body(const Args& a) {
 const std::string kChatUsage = std::string("usage: cpuchat chat --model PATH [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]\n") + kModelUsage;
 
 int chat_body(const Args& a) {
+  GenerateRequest req;
+  req.max_tokens = int(a.get_int("--max-tokens", 512, 1, 1 << 24));
+  req.sampling = sampling_from(a, 0.7f);
   auto engine = Engine::load(load_options(a, Backend::INT4));
   const ModelInfo& info = engine->info();
   fprintf(stderr, "cpuchat: %s (%s, %s%s%s, %d threads, ctx %d) loaded in %.2f s. Empty line or Ctrl-D quits, /reset starts over.\n",
@@ -225,9 +228,6 @@ int chat_body(const Args& a) {
   std::vector<ChatMessage> history;
   if (a.has("--system")) history.push_back({"system", a.get("--system")});
   const size_t system_turns = history.size();
-  GenerateRequest req;
-  req.max_tokens = int(a.get_int("--max-tokens", 512, 1, 1 << 24));
-  req.sampling = sampling_from(a, 0.7f);
   std::string line;
   while (true) {
     fputs("\n> ", stdout);

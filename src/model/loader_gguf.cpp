@@ -60,7 +60,7 @@ class GgufReader {
         if (depth > 2) fail("nested arrays too deep");
         const uint32_t elem = read<uint32_t>();
         const uint64_t n = read<uint64_t>();
-        if (n > f_.size() - pos) fail("array length past the end of the file");
+        if (n > f_.size() - pos) fail("truncated GGUF file (an array runs past the end)");
         v.is_array = true;
         v.array.reserve(n);
         for (uint64_t i = 0; i < n; ++i) v.array.push_back(read_value(elem, depth + 1));

@@ -92,7 +92,7 @@ TEST_F(BadCheckpoint, ShapeDisagreesWithConfig) {
   auto cfg = nlohmann::json::parse(read(d / "config.json"));
   cfg["intermediate_size"] = 200;
   write(d / "config.json", cfg.dump());
-  expect_clean_failure({"--model", d.string()}, "stories260K", "but the config implies");
+  expect_clean_failure({"--model", d.string()}, d.string(), "but the config implies");
 }
 
 TEST_F(BadCheckpoint, MalformedConfigJson) {
