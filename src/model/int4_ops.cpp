@@ -1,9 +1,118 @@
-// Placeholder until the kernels land.
-#include <stdexcept>
+// The INT4 backend inside libtorch, the way KleidiAI sits inside PyTorch: two custom
+// operators,
+//   cpuchat::int4_pack(Tensor weight, str scheme) -> Tensor      at load: quantize + repack
+//   cpuchat::int4_linear(Tensor x, Tensor packed) -> Tensor      per call: int8 x int4 matmul
+// The packed tensor is a uint8 blob: a kHeaderBytes header (kernels::PackedHeader) and the
+// kernels' 64-byte aligned packed weights. int4_linear quantizes x once, then splits the
+// output columns over libtorch's own thread pool (at::parallel_for), so the kernels never
+// compete with libtorch for cores.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+
+#include "cpuchat_kernels/int4_matmul.h"
 #include "model/model.h"
+
 namespace cpuchat {
-std::unique_ptr<Linear> make_int4_linear(const torch::Tensor&, QuantScheme) {
-  throw std::runtime_error("the int4 backend is not available yet; use --backend bf16 or fp32");
+
+namespace kn = cpuchat::kernels;
+
+namespace {
+
+constexpr int64_t kHeaderBytes = 64;  // keeps the blob 64-byte aligned after the header
+static_assert(sizeof(kn::PackedHeader) <= kHeaderBytes, "header must fit its slot");
+
+kn::PackedWeights view_of(const torch::Tensor& packed) {
+  TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.dim() == 1 && packed.numel() > kHeaderBytes,
+              "int4_linear: not a packed int4 tensor");
+  kn::PackedHeader header;
+  std::memcpy(&header, packed.data_ptr<uint8_t>(), sizeof header);
+  TORCH_CHECK(uint64_t(packed.numel() - kHeaderBytes) >= header.byte_size, "int4_linear: packed tensor is truncated");
+  return kn::PackedWeights::view(header, packed.data_ptr<uint8_t>() + kHeaderBytes);
 }
-std::string int4_isa_name() { return ""; }
+
+torch::Tensor int4_pack(const torch::Tensor& weight, c10::string_view scheme_name) {
+  TORCH_CHECK(weight.dim() == 2, "int4_pack: weight must be 2-D [N, K]");
+  const kn::Scheme scheme = scheme_name == "q4c" ? kn::Scheme::Q4C : kn::Scheme::Q4G32;
+  TORCH_CHECK(scheme_name == "q4c" || scheme_name == "q4g32", "int4_pack: scheme must be q4g32 or q4c");
+  const int64_t n = weight.size(0), k = weight.size(1);
+  // Pack into a scratch owner, then copy once into the tensor, keeping the blob aligned.
+  kn::PackedWeights w = kn::PackedWeights::allocate(n, k, scheme);
+  torch::Tensor src = weight.is_contiguous() ? weight : weight.contiguous();
+  if (src.scalar_type() != torch::kBFloat16 && src.scalar_type() != torch::kFloat32) src = src.to(torch::kFloat32);
+  // Row blocks are independent: pack them on libtorch's threads.
+  const int64_t align = w.row_alignment(), blocks = (n + align - 1) / align;
+  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+    const int64_t r0 = b0 * align, r1 = std::min(n, b1 * align);
+    if (src.scalar_type() == torch::kBFloat16)
+      w.pack_rows_bf16(reinterpret_cast<const uint16_t*>(src.data_ptr()) + r0 * k, k, r0, r1);
+    else
+      w.pack_rows(src.data_ptr<float>() + r0 * k, k, r0, r1);
+  });
+  torch::Tensor out = torch::empty({kHeaderBytes + int64_t(w.byte_size())}, torch::kUInt8);
+  std::memset(out.data_ptr<uint8_t>(), 0, kHeaderBytes);
+  std::memcpy(out.data_ptr<uint8_t>(), &w.header(), sizeof(kn::PackedHeader));
+  std::memcpy(out.data_ptr<uint8_t>() + kHeaderBytes, w.data(), w.byte_size());
+  return out;
+}
+
+torch::Tensor int4_linear(const torch::Tensor& x_in, const torch::Tensor& packed) {
+  const kn::PackedWeights w = view_of(packed);
+  TORCH_CHECK(x_in.size(-1) == w.k(), "int4_linear: x has ", x_in.size(-1), " features, weights expect ", w.k());
+  torch::Tensor x = x_in.to(torch::kFloat32).contiguous();
+  const int64_t m = x.numel() / w.k(), n = w.n();
+  thread_local kn::QuantizedActivations xq;  // buffers reused across calls
+  xq.resize(m, w.k());
+  const float* xp = x.data_ptr<float>();
+  at::parallel_for(0, m, 16, [&](int64_t r0, int64_t r1) { xq.quantize_rows(xp, w.k(), r0, r1); });
+  auto sizes = x_in.sizes().vec();
+  sizes.back() = n;
+  torch::Tensor y = torch::empty(sizes, torch::kFloat32);
+  float* yp = y.data_ptr<float>();
+  const int64_t parts = std::max<int64_t>(1, at::get_num_threads());
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const kn::ColumnRange cols = kn::split_columns(w, parts, p);
+      if (!cols.empty()) kn::matmul(xq, w, yp, n, cols.begin, cols.end);
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(cpuchat, m) {
+  m.def("int4_pack(Tensor weight, str scheme) -> Tensor", int4_pack);
+  m.def("int4_linear(Tensor x, Tensor packed) -> Tensor", int4_linear);
+}
+
+namespace {
+
+class Int4Linear : public Linear {
+ public:
+  explicit Int4Linear(torch::Tensor packed) : packed_(std::move(packed)) {}
+  torch::Tensor forward(const torch::Tensor& x) const override {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cpuchat::int4_linear", "")
+                         .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&)>();
+    return op.call(x, packed_);
+  }
+  int64_t weight_bytes() const override { return packed_.numel() - kHeaderBytes; }
+
+ private:
+  torch::Tensor packed_;
+};
+
+}  // namespace
+
+std::unique_ptr<Linear> make_int4_linear(const torch::Tensor& weight, QuantScheme quant) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("cpuchat::int4_pack", "")
+                       .typed<torch::Tensor(const torch::Tensor&, c10::string_view)>();
+  return std::make_unique<Int4Linear>(op.call(weight, quant == QuantScheme::Q4C ? "q4c" : "q4g32"));
+}
+
+std::string int4_isa_name() { return kn::active_isa_name(); }
+
 }  // namespace cpuchat

@@ -1,6 +1,6 @@
 #include "model/make_model.h"
 
-#include <sys/stat.h>
+#include <filesystem>
 
 #include <cstdio>
 #include <fstream>
@@ -88,8 +88,9 @@ int64_t make_model(const MakeModelOptions& o) {
   const ModelConfig c = model_shape(o.shape);
   if (o.dtype != "bf16" && o.dtype != "fp32") throw std::invalid_argument("--dtype must be bf16 or fp32");
   const int64_t elem = o.dtype == "bf16" ? 2 : 4;
-  if (mkdir(o.out_dir.c_str(), 0755) != 0 && errno != EEXIST)
-    throw std::runtime_error(o.out_dir + ": cannot create directory");
+  std::error_code ec;
+  std::filesystem::create_directories(o.out_dir, ec);
+  if (ec) throw std::runtime_error(o.out_dir + ": cannot create directory (" + ec.message() + ")");
 
   // Split into shards of about 4 GB, never splitting a tensor.
   const auto shapes = tensor_shapes(c);
