@@ -109,6 +109,7 @@ struct Engine::Impl {
 
 struct Session::Impl {
   const Model* model = nullptr;
+  int threads = 1;  // the engine's; set on whichever thread runs generate()
   const Tokenizer* tokenizer = nullptr;
   KVCache cache;
   std::vector<int> cached;  // the tokens whose keys/values are in `cache`, in order
@@ -193,6 +194,7 @@ std::unique_ptr<Session> Engine::new_session() {
   s->model = impl_->model.get();
   s->tokenizer = impl_->tokenizer.get();
   s->cache = impl_->model->new_cache(impl_->info.ctx);
+  s->threads = impl_->info.threads;
   return std::unique_ptr<Session>(new Session(std::move(s)));
 }
 
@@ -261,6 +263,8 @@ class StopMatcher {
 GenerateResult Session::generate(const GenerateRequest& req, const std::function<bool(const TokenEvent&)>& on_token) {
   Impl& s = *impl_;
   const auto t0 = Clock::now();
+  // OpenMP thread counts are per calling thread: a server worker must set its own.
+  if (at::get_num_threads() != s.threads) at::set_num_threads(s.threads);
   const int ctx = s.cache.ctx;
   const int vocab = s.model->config().vocab_size;
   const auto& prompt = req.prompt_ids;

@@ -8,7 +8,7 @@ namespace {
 
 std::string number(double v) {
   char buf[64];
-  snprintf(buf, sizeof buf, "%.17g", v);
+  snprintf(buf, sizeof buf, "%.15g", v);  // 15 digits: 0.025 prints as 0.025
   return buf;
 }
 

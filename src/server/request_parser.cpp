@@ -145,6 +145,7 @@ CompletionParams parse_common(const json& body, bool logprobs_is_count) {
     if (want) p.top_logprobs = static_cast<int>(top.value_or(0));
   }
 
+  p.ignore_eos = boolean(body, "ignore_eos").value_or(false);
   p.instance = string_field(body, "instance");
   p.price_per_hour = number_in(body, "price_per_hour", 0, 1e6);
   return p;

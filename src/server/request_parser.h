@@ -27,6 +27,7 @@ struct CompletionParams {
   bool stream = false;
   bool include_usage = false;         // stream_options.include_usage
   int top_logprobs = -1;              // -1: no logprobs
+  bool ignore_eos = false;            // extension (as llama.cpp): generate up to max_tokens
   std::optional<std::string> instance;      // extension: cost this answer at a preset's price
   std::optional<double> price_per_hour;     // extension: ... or at this price
 };

@@ -1,1 +1,524 @@
-// placeholder
+// ApiServer: the httplib wiring of docs/API.md.
+#include "server/server.h"
+
+#include <chrono>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "server/api_error.h"
+#include "server/peer_watch.h"
+#include "server/request_parser.h"
+
+namespace cpuchat::server {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kJson = "application/json";
+
+// The API routes and their one allowed method (everything else under them is a 405).
+struct Route { const char* path; const char* method; const char* name; };
+const Route kRoutes[] = {
+    {"/v1/chat/completions", "POST", "chat_completions"},
+    {"/v1/completions", "POST", "completions"},
+    {"/v1/models", "GET", "models"},
+    {"/v1/instances", "GET", "instances"},
+    {"/health", "GET", "health"},
+    {"/metrics", "GET", "metrics"},
+};
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump_json(body), kJson);
+}
+
+// Constant-time comparison, so response timing does not reveal how much of a key matched.
+bool same_secret(const std::string& given, const std::string& key) {
+  if (given.size() != key.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < key.size(); ++i) diff |= static_cast<unsigned char>(given[i] ^ key[i]);
+  return diff == 0;
+}
+
+json model_card(const std::string& id, const ModelInfo& info) {
+  return {{"id", id},           {"object", "model"},        {"created", 0},
+          {"owned_by", "cpuchat"}, {"backend", info.backend}, {"quant", info.quant},
+          {"isa", info.isa},    {"threads", info.threads},  {"ctx", info.ctx},
+          {"format", info.format}};
+}
+
+// Name of a model for its ids: ModelInfo::name, else the path's last component / file stem.
+std::string model_name(const ModelInfo& info) {
+  if (!info.name.empty()) return info.name;
+  std::string p = info.path;
+  while (!p.empty() && p.back() == '/') p.pop_back();
+  std::string base = p.substr(p.find_last_of('/') == std::string::npos ? 0 : p.find_last_of('/') + 1);
+  size_t dot = base.find_last_of('.');
+  return dot == std::string::npos || dot == 0 ? base : base.substr(0, dot);
+}
+
+}  // namespace
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  if (e.status == 429) res.set_header("Retry-After", "1");
+  if (e.status == 401) res.set_header("WWW-Authenticate", "Bearer");
+  send_json(res, e.status, e.to_json());
+}
+
+struct ApiServer::PreparedGeneration {
+  ModelEntry* entry = nullptr;
+  Endpoint endpoint = Endpoint::Chat;
+  AnswerHeader header;
+  CompletionParams params;
+  GenerateRequest request;
+  Pricing pricing;
+  std::optional<Admission> admission;  // our place in the queue until a slot is ours
+  PeerWatch peer;
+
+  // Alive while the server runs and the client is connected.
+  std::function<bool()> keep_going;
+};
+
+ApiServer::ApiServer(ApiServerConfig cfg)
+    : cfg_(std::move(cfg)), static_files_(cfg_.assets, cfg_.asset_count) {
+  // Every queued or running request holds an httplib worker while it waits, so size the
+  // pool for all of them plus headroom: /health and /metrics must never starve.
+  const size_t workers = static_cast<size_t>(std::max(1, cfg_.expected_models)) *
+                             static_cast<size_t>(cfg_.parallel + cfg_.max_queue) + 16;
+  http_.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
+  http_.set_payload_max_length(cfg_.max_body_bytes);
+  http_.set_tcp_nodelay(true);  // SSE events are small: send each one now
+  register_routes();
+}
+
+ApiServer::~ApiServer() = default;
+
+int ApiServer::bind(const std::string& host, int port) {
+  if (port == 0) return http_.bind_to_any_port(host);
+  return http_.bind_to_port(host, port) ? port : -1;
+}
+
+bool ApiServer::listen() { return http_.listen_after_bind(); }
+
+void ApiServer::set_models(std::vector<std::unique_ptr<ServedModel>> models) {
+  for (auto& m : models) {
+    auto e = std::make_unique<ModelEntry>();
+    const ModelInfo& info = m->info();
+    e->name = model_name(info);
+    e->backend = info.backend;
+    e->id = e->name + "-" + info.backend;
+    for (int i = 0; i < cfg_.parallel; ++i) e->sessions.push_back(m->new_session());
+    e->scheduler = std::make_unique<SlotScheduler>(cfg_.parallel, cfg_.max_queue);
+    e->model = std::move(m);
+    models_.push_back(std::move(e));
+  }
+  ready_.store(true);  // release: handlers read models_ only after seeing ready_
+}
+
+std::vector<std::string> ApiServer::model_ids() const {
+  std::vector<std::string> ids;
+  if (!ready_) return ids;
+  for (const auto& e : models_) ids.push_back(e->id);
+  return ids;
+}
+
+void ApiServer::begin_shutdown() {
+  shutting_down_.store(true);
+  if (ready_)
+    for (auto& e : models_) e->scheduler->shutdown();
+}
+
+bool ApiServer::wait_idle(int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (active_generations_.load() > 0 || metrics_.active_streams() > 0) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+void ApiServer::stop() { http_.stop(); }
+
+std::string ApiServer::route_name(const std::string& path) const {
+  for (const Route& r : kRoutes)
+    if (path == r.path) return r.name;
+  if (starts_with(path, "/v1/models/")) return "models";
+  if (static_files_.find(path)) return "static";
+  return "other";
+}
+
+std::string ApiServer::allowed_methods(const std::string& path) const {
+  for (const Route& r : kRoutes)
+    if (path == r.path) return r.method;
+  if (starts_with(path, "/v1/models/") || static_files_.find(path)) return "GET";
+  return "";
+}
+
+// ---- Routing ---------------------------------------------------------------------------
+
+void ApiServer::register_routes() {
+  http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    return pre_route(req, res);
+  });
+
+  http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_generation(req, res, Endpoint::Chat);
+  });
+  http_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_generation(req, res, Endpoint::TextCompletion);
+  });
+
+  http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    if (!ready_) return send_error(res, ApiError(503, "the model is still loading", "model_loading"));
+    json data = json::array();
+    for (const auto& e : models_) data.push_back(model_card(e->id, e->model->info()));
+    send_json(res, 200, {{"object", "list"}, {"data", data}});
+  });
+  http_.Get("/v1/models/(.+)", [this](const httplib::Request& req, httplib::Response& res) {
+    if (!ready_) return send_error(res, ApiError(503, "the model is still loading", "model_loading"));
+    for (const auto& e : models_)
+      if (e->id == req.matches[1].str()) return send_json(res, 200, model_card(e->id, e->model->info()));
+    send_error(res, ApiError(404, "The model '" + req.matches[1].str() + "' does not exist",
+                             "model_not_found", "model"));
+  });
+
+  http_.Get("/v1/instances", [this](const httplib::Request&, httplib::Response& res) {
+    json list = json::array();
+    for (const InstancePreset& p : instance_presets())
+      list.push_back({{"name", p.name}, {"price_per_hour_usd", p.price_per_hour_usd},
+                      {"vcpus", p.vcpus}, {"arch", p.arch}, {"cpu", p.cpu}});
+    send_json(res, 200, {{"default", cfg_.pricing.instance},
+                         {"price_per_hour_usd", cfg_.pricing.price_per_hour_usd},
+                         {"instances", list}});
+  });
+
+  http_.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    if (shutting_down_) return send_json(res, 503, {{"status", "shutting_down"}});
+    if (!ready_) return send_json(res, 503, {{"status", "loading"}});
+    send_json(res, 200, {{"status", "ok"}});
+  });
+
+  http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    std::vector<ModelGauges> gauges;
+    if (ready_)
+      for (const auto& e : models_)
+        gauges.push_back({e->id, e->scheduler->slots(), e->scheduler->active(), e->scheduler->waiting()});
+    res.set_content(metrics_.render(gauges, ready_ && !shutting_down_), "text/plain; version=0.0.4");
+  });
+
+  // Everything else: the page for GET, else 405 (known path) or 404. Registered last:
+  // httplib tries handlers in registration order.
+  http_.Get(".*", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_get_fallback(req, res);
+  });
+  auto unrouted = [this](const httplib::Request& req, httplib::Response& res) { handle_unrouted(req, res); };
+  http_.Post(".*", unrouted);
+  http_.Put(".*", unrouted);
+  http_.Patch(".*", unrouted);
+  http_.Delete(".*", unrouted);
+
+  // Errors httplib produces itself (413 body too large, 400 bad request line) get our JSON shape.
+  http_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return;  // already one of ours
+    if (res.status == 413)
+      return send_error(res, ApiError(413, "request body too large", "request_too_large"));
+    send_error(res, ApiError(res.status, res.status == 400 ? "malformed HTTP request" : "HTTP error " + std::to_string(res.status)));
+  });
+  http_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "internal error";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    spdlog::error("unhandled exception: {}", what);
+    send_error(res, ApiError(500, "internal error: " + what, "internal_error"));
+  });
+
+  // Counted before the response is written (the logger runs after), so a client that has
+  // its answer also finds it counted in /metrics.
+  http_.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    metrics_.count_request(route_name(req.path), res.status);
+  });
+  http_.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    spdlog::debug("{} {} -> {}", req.method, req.path, res.status);
+  });
+}
+
+httplib::Server::HandlerResponse ApiServer::pre_route(const httplib::Request& req, httplib::Response& res) {
+  using HR = httplib::Server::HandlerResponse;
+  if (!cfg_.cors_origin.empty()) {
+    res.set_header("Access-Control-Allow-Origin", cfg_.cors_origin);
+    if (cfg_.cors_origin != "*") res.set_header("Vary", "Origin");
+    res.set_header("Access-Control-Expose-Headers", "Retry-After");
+  }
+  if (req.method == "OPTIONS") {  // CORS preflight (or a plain OPTIONS): no auth, no body
+    std::string allowed = allowed_methods(req.path);
+    res.status = allowed.empty() ? 404 : 204;
+    res.set_header("Allow", allowed.empty() ? "OPTIONS" : allowed + ", OPTIONS");
+    if (!cfg_.cors_origin.empty()) {
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+      res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+      res.set_header("Access-Control-Max-Age", "600");
+    }
+    return HR::Handled;
+  }
+  // The key guards the API and the metrics; /health and the page stay open.
+  if (!cfg_.api_key.empty() && (starts_with(req.path, "/v1/") || req.path == "/metrics")) {
+    const std::string auth = req.get_header_value("Authorization");
+    const std::string bearer = "Bearer ";
+    if (!starts_with(auth, bearer)) {
+      send_error(res, ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key"));
+      return HR::Handled;
+    }
+    if (!same_secret(auth.substr(bearer.size()), cfg_.api_key)) {
+      send_error(res, ApiError(401, "incorrect API key", "invalid_api_key"));
+      return HR::Handled;
+    }
+  }
+  return HR::Unhandled;
+}
+
+void ApiServer::handle_get_fallback(const httplib::Request& req, httplib::Response& res) {
+  const StaticFile* f = static_files_.find(req.path);
+  if (!f) return handle_unrouted(req, res);
+  res.set_header("Cache-Control", "no-cache");  // revalidate each time: cheap with the ETag
+  res.set_header("ETag", f->etag);
+  res.set_header("X-Content-Type-Options", "nosniff");
+  if (etag_matches(req.get_header_value("If-None-Match"), f->etag)) {
+    res.status = 304;
+    return;
+  }
+  res.status = 200;
+  res.set_content(reinterpret_cast<const char*>(f->data), f->size, f->content_type);
+}
+
+void ApiServer::handle_unrouted(const httplib::Request& req, httplib::Response& res) {
+  std::string allowed = allowed_methods(req.path);
+  if (!allowed.empty()) {
+    res.set_header("Allow", allowed);
+    return send_error(res, ApiError(405, "method " + req.method + " not allowed for " + req.path +
+                                             " (use " + allowed + ")",
+                                    "method_not_allowed"));
+  }
+  send_error(res, ApiError(404, "no route for " + req.method + " " + req.path, "unknown_route"));
+}
+
+// ---- Generation ------------------------------------------------------------------------
+
+ApiServer::ModelEntry& ApiServer::resolve_model(const std::string& requested) {
+  if (requested.empty() || requested == models_.front()->name) return *models_.front();
+  for (auto& e : models_)
+    if (e->id == requested) return *e;
+  std::string available;
+  for (auto& e : models_) available += (available.empty() ? "" : ", ") + e->id;
+  throw ApiError(404, "The model '" + requested + "' does not exist (available: " + available + ")",
+                 "model_not_found", "model");
+}
+
+std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib::Request& req,
+                                                                  Endpoint endpoint) {
+  if (shutting_down_) throw ApiError(503, "the server is shutting down", "server_shutting_down");
+  if (!ready_) throw ApiError(503, "the model is still loading", "model_loading");
+  if (req.body.size() > cfg_.max_body_bytes)  // httplib enforces this too; belt and braces
+    throw ApiError(413, "request body too large", "request_too_large");
+
+  auto g = std::make_shared<PreparedGeneration>();
+  g->endpoint = endpoint;
+  json body = parse_json_object(req.body);
+  std::vector<int> prompt;
+  const char* prompt_param = "messages";
+  if (endpoint == Endpoint::Chat) {
+    ChatRequest r = parse_chat_request(body);
+    g->params = std::move(r.params);
+    g->entry = &resolve_model(g->params.model);
+    prompt = g->entry->model->encode_chat(r.messages);
+  } else {
+    TextCompletionRequest r = parse_completion_request(body);
+    g->params = std::move(r.params);
+    g->entry = &resolve_model(g->params.model);
+    prompt = g->entry->model->encode_text(r.prompt);
+    prompt_param = "prompt";
+  }
+  try {
+    g->pricing = resolve_pricing(g->params.instance, g->params.price_per_hour, cfg_.pricing);
+  } catch (const std::invalid_argument& e) {
+    throw ApiError(400, e.what(), "invalid_value", "instance");
+  }
+
+  // Never truncate silently: the prompt plus one answer token must fit the context.
+  const int ctx = g->entry->model->info().ctx;
+  const int prompt_tokens = static_cast<int>(prompt.size());
+  if (prompt_tokens + 1 > ctx)
+    throw ApiError(400,
+                   "This model's context is " + std::to_string(ctx) + " tokens, but the prompt has " +
+                       std::to_string(prompt_tokens) + " tokens (at least 1 must remain for the answer). "
+                       "Shorten the " + std::string(endpoint == Endpoint::Chat ? "messages" : "prompt") + ".",
+                   "context_length_exceeded", prompt_param);
+
+  GenerateRequest& gr = g->request;
+  gr.prompt_ids = std::move(prompt);
+  // Past the context end the engine stops with "length" anyway; clamp to say so upfront.
+  gr.max_tokens = std::min(g->params.max_tokens.value_or(ctx), ctx - prompt_tokens);
+  gr.sampling = g->params.sampling;
+  gr.stop = g->params.stop;
+  gr.top_logprobs = g->params.top_logprobs;
+  gr.ignore_eos = g->params.ignore_eos;
+  g->header = new_answer_header(endpoint, g->entry->id);
+  g->peer = PeerWatch::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
+  PeerWatch peer = g->peer;
+  g->keep_going = [this, peer] { return !shutting_down_.load() && !peer.closed(); };
+
+  std::optional<Admission> admission = g->entry->scheduler->try_admit();
+  if (admission) g->admission.emplace(std::move(*admission));
+  else
+    throw ApiError(429, "too many requests: " + std::to_string(cfg_.max_queue) +
+                            " already wait for " + g->entry->id + "; retry shortly",
+                   "rate_limit_exceeded");
+  return g;
+}
+
+void ApiServer::handle_generation(const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
+  std::shared_ptr<PreparedGeneration> g;
+  try {
+    g = prepare(req, endpoint);
+    if (g->params.stream) return respond_streaming(std::move(g), res);
+    respond_blocking(*g, req, res);
+  } catch (const ApiError& e) {
+    send_error(res, e);
+  } catch (const std::exception& e) {
+    spdlog::error("{} {}: {}", req.method, req.path, e.what());
+    send_error(res, ApiError(500, std::string("internal error: ") + e.what(), "internal_error"));
+  }
+}
+
+GenerateResult ApiServer::run_on_slot(PreparedGeneration& g, SlotLease& lease,
+                                      const std::function<bool(const TokenEvent&)>& on_token) {
+  struct ActiveCount {  // visible in /metrics and to wait_idle()
+    std::atomic<int>& n;
+    explicit ActiveCount(std::atomic<int>& c) : n(c) { ++n; }
+    ~ActiveCount() { --n; }
+  } active(active_generations_);
+  GenerationSession& session = *g.entry->sessions[lease.slot()];
+  GenerateResult result;
+  try {
+    result = session.generate(g.request, on_token);
+  } catch (const ContextOverflow& e) {
+    lease.set_cached_tokens({});
+    throw ApiError(400, "This model's context is " + std::to_string(e.ctx) + " tokens, but the prompt has " +
+                            std::to_string(e.prompt_tokens) + " tokens",
+                   "context_length_exceeded", g.endpoint == Endpoint::Chat ? "messages" : "prompt");
+  } catch (...) {
+    lease.set_cached_tokens({});  // the slot's cache is unknown now: route nothing to it by prefix
+    throw;
+  }
+  // What the slot's KV cache now holds, for routing the next request by prefix.
+  std::vector<int> cached = g.request.prompt_ids;
+  cached.insert(cached.end(), result.ids.begin(), result.ids.end());
+  cached.resize(std::min<size_t>(cached.size(), static_cast<size_t>(std::max(0, session.cached_tokens()))));
+  lease.set_cached_tokens(std::move(cached));
+  metrics_.observe_generation(g.entry->id, result.metrics, result.finish_reason);
+  const Metrics& m = result.metrics;
+  spdlog::info("{} {} slot {}: prompt {} ({} run), {} tokens, {}, ttft {:.3f}s, {:.1f} tok/s", g.header.id,
+               g.entry->id, lease.slot(), m.prompt_tokens, m.prompt_tokens_processed, m.completion_tokens,
+               result.finish_reason, m.ttft_s, m.decode_tokens_per_s);
+  return result;
+}
+
+json ApiServer::answer_metrics(const PreparedGeneration& g, const Metrics& m) const {
+  return metrics_json(m, g.pricing, g.entry->backend, g.entry->id);
+}
+
+void ApiServer::respond_blocking(PreparedGeneration& g, const httplib::Request&, httplib::Response& res) {
+  std::optional<SlotLease> lease = g.entry->scheduler->acquire(std::move(*g.admission), g.request.prompt_ids, g.keep_going);
+  g.admission.reset();
+  if (!lease) {
+    if (shutting_down_) throw ApiError(503, "the server is shutting down", "server_shutting_down");
+    throw ApiError(499, "client closed the connection", "client_closed");
+  }
+  GenerateResult r = run_on_slot(g, *lease, [&](const TokenEvent&) { return g.keep_going(); });
+  lease.reset();  // free the slot before the (possibly slow) write to the client
+  if (r.finish_reason == "cancelled") {
+    if (shutting_down_) throw ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down");
+    throw ApiError(499, "client closed the connection", "client_closed");
+  }
+  json logprobs = g.request.top_logprobs >= 0
+                      ? logprobs_json(g.endpoint, r.logprobs,
+                                      [&](int id) { return g.entry->model->token_bytes(id); })
+                      : json();
+  send_json(res, 200,
+            completion_json(g.header, r.text, r.finish_reason, logprobs, usage_json(r.metrics),
+                            answer_metrics(g, r.metrics)));
+}
+
+void ApiServer::respond_streaming(std::shared_ptr<PreparedGeneration> g, httplib::Response& res) {
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");  // tell reverse proxies not to buffer the stream
+  metrics_.stream_opened();
+  // The releaser runs once the response is over however it ended: the stream count
+  // drops even if httplib never called the provider.
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [this, g](size_t, httplib::DataSink& sink) {
+        run_stream(*g, sink);
+        sink.done();
+        return true;
+      },
+      [this](bool) { metrics_.stream_closed(); });
+}
+
+void ApiServer::run_stream(PreparedGeneration& g, httplib::DataSink& sink) {
+  bool write_failed = false;
+  auto send = [&](const std::string& event) {
+    if (!write_failed && !sink.write(event.data(), event.size())) write_failed = true;
+    return !write_failed;
+  };
+  auto send_error_event = [&](const ApiError& e) {
+    send(sse_event(e.to_json()));
+    send(kSseDone);
+  };
+  try {
+    std::optional<SlotLease> lease =
+        g.entry->scheduler->acquire(std::move(*g.admission), g.request.prompt_ids, g.keep_going);
+    g.admission.reset();
+    if (!lease) {
+      if (shutting_down_) send_error_event(ApiError(503, "the server is shutting down", "server_shutting_down"));
+      return;
+    }
+    if (g.endpoint == Endpoint::Chat && !send(sse_event(role_chunk_json(g.header)))) return;
+
+    std::string streamed;  // text sent so far
+    auto token_bytes = [&](int id) { return g.entry->model->token_bytes(id); };
+    GenerateResult r = run_on_slot(g, *lease, [&](const TokenEvent& ev) {
+      if (!g.keep_going()) return false;
+      if (ev.text.empty() && !ev.logprob) return true;  // text held back (partial character / stop string)
+      json lp = ev.logprob ? logprobs_json(g.endpoint, {*ev.logprob}, token_bytes, streamed.size()) : json();
+      streamed += ev.text;
+      return send(sse_event(delta_chunk_json(g.header, ev.text, lp)));
+    });
+    lease.reset();
+    if (write_failed) return;  // the client is gone: nobody to tell
+    if (r.finish_reason == "cancelled") {
+      if (shutting_down_) send_error_event(ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down"));
+      return;
+    }
+    // Whatever the engine held back and only released in the final text.
+    if (r.text.size() > streamed.size() && r.text.compare(0, streamed.size(), streamed) == 0)
+      send(sse_event(delta_chunk_json(g.header, r.text.substr(streamed.size()), json())));
+    send(sse_event(finish_chunk_json(g.header, r.finish_reason, answer_metrics(g, r.metrics))));
+    if (g.params.include_usage) send(sse_event(usage_chunk_json(g.header, usage_json(r.metrics))));
+    send(kSseDone);
+  } catch (const ApiError& e) {
+    send_error_event(e);
+  } catch (const std::exception& e) {
+    spdlog::error("stream {}: {}", g.header.id, e.what());
+    send_error_event(ApiError(500, std::string("internal error: ") + e.what(), "internal_error"));
+  }
+}
+
+}  // namespace cpuchat::server

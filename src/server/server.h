@@ -1,0 +1,96 @@
+// The HTTP wiring: routes, auth, CORS, errors, the embedded page, and running generations
+// on slots (blocking JSON answers or SSE streams). Models can be attached after the socket
+// is listening, so /health reports "loading" meanwhile.
+#pragma once
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <httplib.h>
+
+#include "server/api_error.h"
+#include "server/openai_api.h"
+#include "server/pricing.h"
+#include "server/prometheus.h"
+#include "server/served_model.h"
+#include "server/slot_scheduler.h"
+#include "server/static_files.h"
+
+namespace cpuchat::server {
+
+struct ApiServerConfig {
+  int parallel = 1;
+  int max_queue = 16;
+  int expected_models = 1;      // sizes the HTTP thread pool before models arrive
+  size_t max_body_bytes = 4u << 20;
+  Pricing pricing;
+  std::string api_key;
+  std::string cors_origin;
+  const WebAsset* assets = nullptr;
+  size_t asset_count = 0;
+};
+
+class ApiServer {
+ public:
+  explicit ApiServer(ApiServerConfig cfg);
+  ~ApiServer();
+
+  // Binds; port 0 picks a free one. Returns the port, or -1.
+  int bind(const std::string& host, int port);
+  // Serves until stop() (blocks; run it on its own thread).
+  bool listen();
+  bool listening() const { return http_.is_running(); }
+
+  // Attaches the loaded models (model id "<name>-<backend>") and starts serving them.
+  void set_models(std::vector<std::unique_ptr<ServedModel>> models);
+  bool ready() const { return ready_.load(); }
+  std::vector<std::string> model_ids() const;
+
+  // Shutdown, in order: refuse new work and cancel generations (open streams get an
+  // error event and [DONE]); wait (bounded) until they have finished; stop listening.
+  void begin_shutdown();
+  bool wait_idle(int timeout_ms);
+  void stop();
+
+  int active_generations() const { return active_generations_.load(); }
+
+ private:
+  struct ModelEntry {
+    std::string id, name, backend;
+    std::unique_ptr<ServedModel> model;
+    std::vector<std::unique_ptr<GenerationSession>> sessions;
+    std::unique_ptr<SlotScheduler> scheduler;
+  };
+  struct PreparedGeneration;  // a validated request, ready to run
+
+  void register_routes();
+  httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res);
+  void handle_generation(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
+  std::shared_ptr<PreparedGeneration> prepare(const httplib::Request& req, Endpoint endpoint);
+  void respond_blocking(PreparedGeneration& g, const httplib::Request& req, httplib::Response& res);
+  void respond_streaming(std::shared_ptr<PreparedGeneration> g, httplib::Response& res);
+  void run_stream(PreparedGeneration& g, httplib::DataSink& sink);
+  GenerateResult run_on_slot(PreparedGeneration& g, SlotLease& lease,
+                             const std::function<bool(const TokenEvent&)>& on_token);
+  nlohmann::json answer_metrics(const PreparedGeneration& g, const Metrics& m) const;
+
+  ModelEntry& resolve_model(const std::string& requested);
+  void handle_get_fallback(const httplib::Request& req, httplib::Response& res);
+  void handle_unrouted(const httplib::Request& req, httplib::Response& res);
+  std::string route_name(const std::string& path) const;
+  std::string allowed_methods(const std::string& path) const;  // "" for unknown paths
+
+  ApiServerConfig cfg_;
+  httplib::Server http_;
+  StaticFiles static_files_;
+  ServerMetrics metrics_;
+  std::vector<std::unique_ptr<ModelEntry>> models_;  // written once, before ready_
+  std::atomic<bool> ready_{false};
+  std::atomic<bool> shutting_down_{false};
+  std::atomic<int> active_generations_{0};
+};
+
+void send_error(httplib::Response& res, const ApiError& e);
+
+}  // namespace cpuchat::server

@@ -1,0 +1,172 @@
+// Request parsing/validation: each bad input maps to a 400 naming the field.
+#include <gtest/gtest.h>
+
+#include "server/request_parser.h"
+
+using namespace cpuchat::server;
+using nlohmann::json;
+
+namespace {
+
+json chat(json extra = json::object()) {
+  json body = {{"messages", {{{"role", "user"}, {"content", "hi"}}}}};
+  for (auto& [k, v] : extra.items()) body[k] = v;
+  return body;
+}
+
+// Expects a 400 whose param is `param`.
+void expect_bad(const json& body, const std::string& param, const std::string& code = "") {
+  try {
+    parse_chat_request(body);
+    FAIL() << "accepted: " << body.dump();
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400) << body.dump();
+    EXPECT_EQ(e.param, param) << body.dump() << " -> " << e.what();
+    if (!code.empty()) EXPECT_EQ(e.code, code) << e.what();
+    EXPECT_EQ(e.type, "invalid_request_error");
+  }
+}
+
+}  // namespace
+
+TEST(RequestParser, ParsesAFullChatRequest) {
+  json body = chat({{"model", "m-int4"}, {"max_tokens", 12}, {"temperature", 0}, {"top_p", 0.5},
+                    {"seed", 42}, {"stop", "\n"}, {"presence_penalty", 1}, {"frequency_penalty", -1},
+                    {"stream", true}, {"stream_options", {{"include_usage", true}}},
+                    {"logprobs", true}, {"top_logprobs", 3}, {"n", 1}, {"top_k", 5}, {"min_p", 0.1},
+                    {"instance", "c8g.xlarge"}, {"price_per_hour", 1.5}, {"user", "ignored"},
+                    {"unknown_field", {1, 2}}});
+  ChatRequest r = parse_chat_request(body);
+  ASSERT_EQ(r.messages.size(), 1u);
+  EXPECT_EQ(r.messages[0].role, "user");
+  EXPECT_EQ(r.messages[0].content, "hi");
+  const CompletionParams& p = r.params;
+  EXPECT_EQ(p.model, "m-int4");
+  EXPECT_EQ(p.max_tokens, 12);
+  EXPECT_EQ(p.sampling.temperature, 0.0f);
+  EXPECT_FLOAT_EQ(p.sampling.top_p, 0.5f);
+  EXPECT_EQ(p.sampling.seed, 42u);
+  EXPECT_EQ(p.stop, std::vector<std::string>{"\n"});
+  EXPECT_FLOAT_EQ(p.sampling.presence_penalty, 1);
+  EXPECT_FLOAT_EQ(p.sampling.frequency_penalty, -1);
+  EXPECT_TRUE(p.stream);
+  EXPECT_TRUE(p.include_usage);
+  EXPECT_EQ(p.top_logprobs, 3);
+  EXPECT_EQ(p.sampling.top_k, 5);
+  EXPECT_FLOAT_EQ(p.sampling.min_p, 0.1f);
+  EXPECT_EQ(p.instance, "c8g.xlarge");
+  EXPECT_EQ(p.price_per_hour, 1.5);
+}
+
+TEST(RequestParser, DefaultsWhenSilent) {
+  ChatRequest r = parse_chat_request(chat());
+  cpuchat::SamplingParams defaults;
+  EXPECT_FALSE(r.params.max_tokens);
+  EXPECT_EQ(r.params.sampling.temperature, defaults.temperature);
+  EXPECT_EQ(r.params.top_logprobs, -1);
+  EXPECT_FALSE(r.params.stream);
+  // null means "not set" (clients send it)
+  r = parse_chat_request(chat({{"temperature", nullptr}, {"max_tokens", nullptr}, {"stop", nullptr}}));
+  EXPECT_FALSE(r.params.max_tokens);
+}
+
+TEST(RequestParser, ContentPartsRolesAndMaxCompletionTokens) {
+  json body = {{"messages",
+                {{{"role", "developer"}, {"content", "be brief"}},
+                 {{"role", "user"}, {"content", {{{"type", "text"}, {"text", "a"}}, {{"type", "text"}, {"text", "b"}}}}},
+                 {{"role", "assistant"}, {"content", nullptr}}}},
+               {"max_tokens", 5},
+               {"max_completion_tokens", 7}};
+  ChatRequest r = parse_chat_request(body);
+  EXPECT_EQ(r.messages[0].role, "system");
+  EXPECT_EQ(r.messages[1].content, "ab");
+  EXPECT_EQ(r.messages[2].content, "");
+  EXPECT_EQ(r.params.max_tokens, 7);
+}
+
+TEST(RequestParser, RejectsBadMessages) {
+  expect_bad({{"model", "x"}}, "messages", "missing_required_parameter");
+  expect_bad({{"messages", "hi"}}, "messages", "invalid_type");
+  expect_bad({{"messages", json::array()}}, "messages");
+  expect_bad({{"messages", {42}}}, "messages[0]", "invalid_type");
+  expect_bad({{"messages", {{{"role", "wizard"}, {"content", "x"}}}}}, "messages[0].role");
+  expect_bad({{"messages", {{{"role", "tool"}, {"content", "x"}}}}}, "messages[0].role");
+  expect_bad({{"messages", {{{"content", "x"}}}}}, "messages[0].role");
+  expect_bad({{"messages", {{{"role", "user"}, {"content", 5}}}}}, "messages[0].content", "invalid_type");
+  expect_bad({{"messages", {{{"role", "user"}}}}}, "messages[0].content");
+  expect_bad({{"messages", {{{"role", "user"}, {"content", {{{"type", "image_url"}}}}}}}},
+             "messages[0].content[0].type");
+}
+
+TEST(RequestParser, RejectsBadValues) {
+  expect_bad(chat({{"temperature", "hot"}}), "temperature", "invalid_type");
+  expect_bad(chat({{"temperature", 2.5}}), "temperature", "invalid_value");
+  expect_bad(chat({{"temperature", -0.1}}), "temperature");
+  expect_bad(chat({{"top_p", 0}}), "top_p");
+  expect_bad(chat({{"top_p", 1.01}}), "top_p");
+  expect_bad(chat({{"max_tokens", -1}}), "max_tokens");
+  expect_bad(chat({{"max_tokens", 0}}), "max_tokens");
+  expect_bad(chat({{"max_tokens", 2.5}}), "max_tokens", "invalid_type");
+  expect_bad(chat({{"max_tokens", 1000001}}), "max_tokens");
+  expect_bad(chat({{"max_tokens", 18446744073709551615ull}}), "max_tokens");
+  expect_bad(chat({{"max_tokens", "10"}}), "max_tokens", "invalid_type");
+  expect_bad(chat({{"max_completion_tokens", 0}}), "max_completion_tokens");
+  expect_bad(chat({{"n", 2}}), "n", "unsupported_value");
+  expect_bad(chat({{"stop", {"a", "b", "c", "d", "e"}}}), "stop");
+  expect_bad(chat({{"stop", 3}}), "stop", "invalid_type");
+  expect_bad(chat({{"presence_penalty", 3}}), "presence_penalty");
+  expect_bad(chat({{"frequency_penalty", -2.5}}), "frequency_penalty");
+  expect_bad(chat({{"stream", "yes"}}), "stream", "invalid_type");
+  expect_bad(chat({{"seed", 1.5}}), "seed", "invalid_type");
+  expect_bad(chat({{"top_logprobs", 2}}), "top_logprobs");  // needs logprobs: true
+  expect_bad(chat({{"logprobs", true}, {"top_logprobs", 21}}), "top_logprobs");
+  expect_bad(chat({{"model", 7}}), "model", "invalid_type");
+  expect_bad(chat({{"min_p", 1.5}}), "min_p");
+  expect_bad(chat({{"top_k", -3}}), "top_k");
+  expect_bad(chat({{"price_per_hour", -1}}), "price_per_hour");
+}
+
+TEST(RequestParser, NMustBeOneAndSaysSo) {
+  try {
+    parse_chat_request(chat({{"n", 3}}));
+    FAIL();
+  } catch (const ApiError& e) {
+    EXPECT_NE(std::string(e.what()).find("n=1"), std::string::npos) << e.what();
+  }
+}
+
+TEST(RequestParser, JsonBody) {
+  EXPECT_NO_THROW(parse_json_object("{\"a\": 1}"));
+  for (const char* bad : {"", "{", "[1,2]", "\"x\"", "{\"a\": }", "{\"a\": 1} trailing", "\xff"}) {
+    try {
+      parse_json_object(bad);
+      FAIL() << bad;
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      EXPECT_EQ(e.code, "invalid_json");
+    }
+  }
+}
+
+TEST(RequestParser, TextCompletion) {
+  TextCompletionRequest r = parse_completion_request({{"prompt", "Once"}, {"logprobs", 2}, {"max_tokens", 3}});
+  EXPECT_EQ(r.prompt, "Once");
+  EXPECT_EQ(r.params.top_logprobs, 2);
+  r = parse_completion_request({{"prompt", {"One"}}});
+  EXPECT_EQ(r.prompt, "One");
+  EXPECT_THROW(parse_completion_request(json::object()), ApiError);
+  EXPECT_THROW(parse_completion_request({{"prompt", 5}}), ApiError);
+  EXPECT_THROW(parse_completion_request({{"prompt", {"a", "b"}}}), ApiError);
+}
+
+TEST(ApiErrorShape, HasAllFourFields) {
+  json j = ApiError(400, "bad", "invalid_value", "temperature").to_json();
+  EXPECT_EQ(j["error"]["message"], "bad");
+  EXPECT_EQ(j["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(j["error"]["param"], "temperature");
+  EXPECT_EQ(j["error"]["code"], "invalid_value");
+  j = ApiError(404, "nope").to_json();
+  EXPECT_TRUE(j["error"]["param"].is_null());
+  EXPECT_TRUE(j["error"]["code"].is_null());
+  EXPECT_TRUE(j["error"].contains("param"));
+}
