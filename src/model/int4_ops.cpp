@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <malloc.h>
+
 #include <cstring>
 
 #include "cpuchat_kernels/int4_matmul.h"
@@ -54,6 +56,8 @@ torch::Tensor int4_pack(const torch::Tensor& weight, c10::string_view scheme_nam
   std::memset(out.data_ptr<uint8_t>(), 0, kHeaderBytes);
   std::memcpy(out.data_ptr<uint8_t>(), &w.header(), sizeof(kn::PackedHeader));
   std::memcpy(out.data_ptr<uint8_t>() + kHeaderBytes, w.data(), w.byte_size());
+  w = kn::PackedWeights();
+  malloc_trim(0);  // give the scratch back to the OS now, so loading an 8B model stays small
   return out;
 }
 
