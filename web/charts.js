@@ -41,6 +41,12 @@ export function sessionChart(svg, points, { threshold = 10, unit = 'tokens/s' } 
     : `No answers yet`;
   svg.append(el('title', {}, desc));
 
+  if (!points.length) {
+    svg.append(el('line', { x1: pad.l, x2: W - pad.r, y1: pad.t + ih, y2: pad.t + ih, class: 'grid' }));
+    svg.append(el('text', { x: pad.l + iw / 2, y: pad.t + ih / 2, 'text-anchor': 'middle', class: 'empty' },
+      'No answers yet'));
+    return;
+  }
   for (const f of [0, 0.5, 1]) {
     const gy = y(max * f);
     svg.append(el('line', { x1: pad.l, x2: W - pad.r, y1: gy, y2: gy, class: 'grid' }));
@@ -51,11 +57,6 @@ export function sessionChart(svg, points, { threshold = 10, unit = 'tokens/s' } 
   svg.append(el('text', { x: W - pad.r, y: ty - 4, 'text-anchor': 'end', class: 'axis threshold-label' },
     `${threshold} ${unit}`));
 
-  if (!points.length) {
-    svg.append(el('text', { x: pad.l + iw / 2, y: pad.t + ih / 2, 'text-anchor': 'middle', class: 'empty' },
-      'Ask something to see the speed of each answer'));
-    return;
-  }
   const n = Math.max(points.length, 6);
   const slot = iw / n;
   const bw = Math.min(28, slot * 0.7);
@@ -80,7 +81,7 @@ export function compareChart(svg, items, { title = '', note = '' } = {}) {
   svg.replaceChildren();
   const W = 360;
   const rowH = 34;
-  const pad = { l: 118, r: 64, t: 8, b: 8 };
+  const pad = { l: 64, r: 70, t: 8, b: 8 };
   const H = pad.t + pad.b + rowH * Math.max(1, items.length);
   svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
   svg.setAttribute('role', 'img');
@@ -95,6 +96,6 @@ export function compareChart(svg, items, { title = '', note = '' } = {}) {
     svg.append(el('rect', { x: pad.l, y: top + 7, width: iw, height: rowH - 14, rx: 4, class: 'track' }));
     const w = Number.isFinite(it.value) ? Math.max(2, (it.value / max) * iw) : 0;
     svg.append(el('rect', { x: pad.l, y: top + 7, width: w, height: rowH - 14, rx: 4, class: `bar ${it.className || ''}` }));
-    svg.append(el('text', { x: pad.l + w + 6, y: cy + 4, class: 'value' }, it.display));
+    svg.append(el('text', { x: W - 2, y: cy + 4, 'text-anchor': 'end', class: 'value' }, it.display));
   });
 }
