@@ -1,21 +1,26 @@
-// SentencePiece-style BPE without libsentencepiece, for vocabularies that come without a
-// SentencePiece model: llama2.c tokenizer.bin, GGUF "llama" vocabularies, and HF
-// tokenizer.json files converted from SentencePiece (Llama 2 "legacy" layout).
+// SentencePiece-style BPE without libsentencepiece: SentencePiece tokenizer.model files
+// (through make_sentencepiece_bpe, see sentencepiece_tokenizer.cpp for the protobuf side)
+// and vocabularies that come without a SentencePiece model: llama2.c tokenizer.bin, GGUF
+// "llama" vocabularies, and HF tokenizer.json files converted from SentencePiece (Llama 2
+// "legacy" layout).
 //
 // Encoding follows SentencePiece's BPE model:
-//   1. add the dummy prefix "▁" (non-empty text only) and turn every ' ' into "▁";
+//   1. normalize: add the dummy prefix "▁" (non-empty text only) and turn every ' ' into
+//      "▁" (for a tokenizer.model, exactly as its NormalizerSpec says, see normalize());
 //   2. start from one symbol per character (user-defined pieces are matched whole and
 //      never merge);
 //   3. repeatedly merge the adjacent pair whose concatenation is the best piece — highest
 //      score for score vocabularies, lowest merge rank for HF merge lists — leftmost on ties;
 //   4. characters that are not pieces fall back to <0xNN> byte pieces (or <unk>).
-// What it does NOT do is SentencePiece's normalizer: no NFKC and no collapsing of
-// whitespace runs. Llama 2's model uses neither, so its ids match sentencepiece exactly.
-// tok512.model has remove_extra_whitespaces=true, so on text with leading, trailing or
-// repeated spaces tok512.bin (like llama2.c's own encoder) keeps every space while
-// sentencepiece collapses them; on all other text the two agree.
+// Without a tokenizer.model (the .bin / .json / GGUF loaders) there is no NormalizerSpec,
+// so no collapsing of whitespace runs: Llama 2's model does not collapse them, so its ids
+// match sentencepiece exactly; tok512.model has remove_extra_whitespaces=true, so on text
+// with leading, trailing or repeated spaces tok512.bin (like llama2.c's own encoder) keeps
+// every space while sentencepiece (and tok512.model here) collapses them. No loader here
+// does NFKC: models with a precompiled normalization rule are rejected.
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "tokenizer_internal.h"
 
@@ -43,9 +48,11 @@ std::string replace_all(std::string_view text, std::string_view from, std::strin
 
 class ScoreBpeTokenizer final : public Tokenizer {
  public:
+  // spm: the settings of a SentencePiece tokenizer.model, whose encoder is then reproduced
+  // exactly (normalizer, fallback); nullopt for vocabularies without one.
   ScoreBpeTokenizer(const std::string& source, std::vector<std::string> pieces, std::vector<int> types,
-                    bool add_dummy_prefix)
-      : pieces_(std::move(pieces)), types_(std::move(types)), add_dummy_prefix_(add_dummy_prefix) {
+                    bool add_dummy_prefix, std::optional<SentencePieceSettings> spm = std::nullopt)
+      : pieces_(std::move(pieces)), types_(std::move(types)), add_dummy_prefix_(add_dummy_prefix), spm_(spm) {
     if (pieces_.empty()) fail(source, "empty vocabulary");
     std::fill(std::begin(byte_piece_), std::end(byte_piece_), -1);
     types_.resize(pieces_.size(), 0);
@@ -60,6 +67,7 @@ class ScoreBpeTokenizer final : public Tokenizer {
         case kUnknown:
           bytes_[id] = piece;
           specials_.add(piece, id);
+          reserved_id_of_piece_.try_emplace(piece, id);
           if (types_[id] == kUnknown && unk_id_ < 0) unk_id_ = id;
           break;
         case kByte:
@@ -67,6 +75,7 @@ class ScoreBpeTokenizer final : public Tokenizer {
             bytes_[id] = std::string(1, static_cast<char>(*byte));
             byte_piece_[*byte] = id;
           }
+          reserved_id_of_piece_.try_emplace(piece, id);
           break;
         case kUserDefined:
           user_defined_.add(piece, id);
@@ -78,7 +87,9 @@ class ScoreBpeTokenizer final : public Tokenizer {
       }
     }
     if (id_of_piece_.empty()) fail(source, "vocabulary has no normal pieces");
-    strip_leading_space_on_decode = add_dummy_prefix_;
+    if (spm_ && unk_id_ < 0) fail(source, "SentencePiece model has no <unk> (UNKNOWN) piece");
+    // sentencepiece's decoder drops the first piece's leading space for either setting.
+    strip_leading_space_on_decode = add_dummy_prefix_ || (spm_ && spm_->remove_extra_whitespaces);
   }
 
   // Score vocabularies: any split of a normal piece into two normal pieces is a merge
@@ -131,10 +142,81 @@ class ScoreBpeTokenizer final : public Tokenizer {
     return it == id_of_piece_.end() ? -1 : it->second;
   }
 
+  // SentencePiece's normalizer for an identity rule (no precompiled charsmap):
+  //  - the text is read in units: a user-defined piece whole, else one UTF-8 character;
+  //    (tokenizer.model only) a malformed byte becomes U+FFFD, one byte at a time;
+  //  - remove_extra_whitespaces: leading ' ' units are dropped, a unit's leading spaces are
+  //    dropped when the previous kept unit ended with ' ', and trailing space marks are
+  //    stripped at the end (only ' ' counts: tabs and newlines are kept);
+  //  - add_dummy_prefix puts one space mark in front of non-empty text;
+  //  - escape_whitespaces turns each ' ' into "▁".
+  // Without a tokenizer.model: dummy prefix and escaping only, bytes kept as they are.
+  std::string normalize(std::string_view text) const {
+    if (!spm_) {
+      if (text.empty()) return {};
+      return (add_dummy_prefix_ ? kSpaceMark : "") + replace_all(text, " ", kSpaceMark);
+    }
+    const bool remove_extra = spm_->remove_extra_whitespaces;
+    const std::string_view space = spm_->escape_whitespaces ? std::string_view(kSpaceMark) : std::string_view(" ");
+    static const char kReplacement[] = "\xEF\xBF\xBD";
+    // The unit at text[pos]: sets *unit and returns how many input bytes it stands for.
+    auto next_unit = [&](size_t pos, std::string_view* unit) -> size_t {
+      size_t len;
+      int id;
+      if (user_defined_.match_at(text, pos, &len, &id)) {
+        *unit = text.substr(pos, len);
+        return len;
+      }
+      const Utf8Step step = next_utf8_char(text, pos);
+      if (!step.valid) {
+        *unit = kReplacement;
+        return 1;
+      }
+      *unit = text.substr(pos, step.length);
+      return step.length;
+    };
+
+    size_t pos = 0;
+    std::string_view unit;
+    if (remove_extra) {
+      while (pos < text.size()) {
+        const size_t consumed = next_unit(pos, &unit);
+        if (unit != " ") break;
+        pos += consumed;
+      }
+    }
+    if (pos == text.size()) return {};
+
+    std::string out;
+    out.reserve(3 * (text.size() - pos) + space.size());
+    if (add_dummy_prefix_) out += space;
+    bool previous_was_space = remove_extra;
+    while (pos < text.size()) {
+      const size_t consumed = next_unit(pos, &unit);
+      if (previous_was_space)
+        while (!unit.empty() && unit[0] == ' ') unit.remove_prefix(1);
+      if (!unit.empty()) {
+        for (char c : unit) {
+          if (c == ' ')
+            out += space;
+          else
+            out += c;
+        }
+        previous_was_space = unit.back() == ' ';
+      }
+      pos += consumed;
+      if (!remove_extra) previous_was_space = false;
+    }
+    if (remove_extra) {
+      while (out.size() >= space.size() && out.compare(out.size() - space.size(), space.size(), space) == 0)
+        out.resize(out.size() - space.size());
+    }
+    return out;
+  }
+
   void encode_text(std::string_view text, std::vector<int>& out) const {
-    if (text.empty()) return;
-    std::string normalized = add_dummy_prefix_ ? kSpaceMark : "";
-    normalized += replace_all(text, " ", kSpaceMark);
+    const std::string normalized = normalize(text);
+    if (normalized.empty()) return;
 
     // Initial symbols. Characters that are not pieces get negative ids -(1 + k), k indexing
     // unknown_chars, so they never merge and can fall back to bytes afterwards.
@@ -163,6 +245,10 @@ class ScoreBpeTokenizer final : public Tokenizer {
 
     apply_merges(symbols, pairs_);
 
+    if (spm_) {
+      emit_sentencepiece(symbols, unknown_chars, out);
+      return;
+    }
     for (int id : symbols) {
       if (id >= 0) {
         out.push_back(id);
@@ -179,16 +265,44 @@ class ScoreBpeTokenizer final : public Tokenizer {
     }
   }
 
+  // libsentencepiece's output step: a character that is no piece is looked up among the
+  // reserved (control/unknown/byte) pieces, else it is unknown; an unknown character
+  // becomes its bytes' <0xNN> pieces with byte fallback (<unk> for a missing one), else
+  // <unk>, a run of unknown characters giving a single <unk>.
+  void emit_sentencepiece(const std::vector<int>& symbols, const std::vector<std::string_view>& unknown_chars,
+                          std::vector<int>& out) const {
+    bool previous_unknown = false;
+    for (int id : symbols) {
+      std::string_view chars;
+      if (id < 0) {
+        chars = unknown_chars[-id - 1];
+        auto it = reserved_id_of_piece_.find(std::string(chars));
+        id = it == reserved_id_of_piece_.end() ? unk_id_ : it->second;
+      }
+      const bool unknown = id == unk_id_;
+      if (!unknown) {
+        out.push_back(id);
+      } else if (spm_->byte_fallback) {
+        for (unsigned char byte : chars) out.push_back(byte_piece_[byte] >= 0 ? byte_piece_[byte] : unk_id_);
+      } else if (!previous_unknown) {
+        out.push_back(unk_id_);
+      }
+      previous_unknown = unknown;
+    }
+  }
+
   std::vector<std::string> pieces_;  // SentencePiece spelling ("▁the")
   std::vector<int> types_;           // GGUF token types
   std::vector<std::string> bytes_;   // what each id decodes to
   bool add_dummy_prefix_;
+  std::optional<SentencePieceSettings> spm_;          // set for a SentencePiece tokenizer.model
   std::unordered_map<std::string, int> id_of_piece_;  // normal pieces only: merge inputs/results
   int byte_piece_[256];                               // id of each <0xNN> piece, -1 if missing
   int unk_id_ = -1;
   PairTable pairs_;
   SpecialTokenMatcher specials_;      // control + unknown pieces ("<s>", "</s>", "<unk>")
   SpecialTokenMatcher user_defined_;  // always matched whole, as SentencePiece does
+  std::unordered_map<std::string, int> reserved_id_of_piece_;  // control, unknown and byte pieces
 };
 
 void set_bos_eos(Tokenizer& tok, int bos, int eos) {
@@ -199,6 +313,16 @@ void set_bos_eos(Tokenizer& tok, int bos, int eos) {
 }
 
 }  // namespace
+
+std::unique_ptr<Tokenizer> make_sentencepiece_bpe(const std::string& path, std::vector<std::string> pieces,
+                                                  const std::vector<float>& scores, std::vector<int> types,
+                                                  const SentencePieceSettings& settings, int bos_id, int eos_id) {
+  auto tok = std::make_unique<ScoreBpeTokenizer>(path, std::move(pieces), std::move(types), settings.add_dummy_prefix,
+                                                 settings);
+  tok->add_score_merges(scores);
+  set_bos_eos(*tok, bos_id, eos_id);
+  return tok;
+}
 
 std::unique_ptr<Tokenizer> make_hf_sentencepiece_bpe(const std::string& path, std::vector<std::string> pieces,
                                                      const std::vector<std::pair<std::string, std::string>>& merges,

@@ -118,7 +118,26 @@ std::unique_ptr<Tokenizer> make_hf_sentencepiece_bpe(const std::string& path, st
                                                      std::vector<int> token_types, bool add_dummy_prefix);
 
 // GGUF token types (also used internally for every SentencePiece-style vocabulary).
+// The same numbers as sentencepiece_model.proto's SentencePiece.Type.
 enum TokenType { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
+
+// The parts of a SentencePiece ModelProto (NormalizerSpec, TrainerSpec) that change how
+// a BPE model with an identity normalization rule encodes. Defaults are the proto's.
+struct SentencePieceSettings {
+  bool add_dummy_prefix = true;          // NormalizerSpec.add_dummy_prefix
+  bool remove_extra_whitespaces = true;  // NormalizerSpec.remove_extra_whitespaces
+  bool escape_whitespaces = true;        // NormalizerSpec.escape_whitespaces (' ' -> U+2581)
+  bool byte_fallback = false;            // TrainerSpec.byte_fallback
+};
+// A score BPE that reproduces libsentencepiece's BPE encoder for a tokenizer.model:
+// its normalizer (whitespace handling, malformed UTF-8 -> U+FFFD one byte at a time,
+// user-defined pieces kept whole), score-ordered merges, per-byte fallback (<unk> for a
+// missing byte piece) and, without byte fallback, one <unk> per run of unknown characters.
+// types are SentencePiece types (UNUSED pieces are not supported); the caller has checked
+// the vocabulary (one <unk>, no duplicate or empty pieces).
+std::unique_ptr<Tokenizer> make_sentencepiece_bpe(const std::string& path, std::vector<std::string> pieces,
+                                                  const std::vector<float>& scores, std::vector<int> types,
+                                                  const SentencePieceSettings& settings, int bos_id, int eos_id);
 
 // Guesses a token type from a SentencePiece piece string ("<unk>", "<s>", "<0x0A>", ...).
 int guess_piece_type(const std::string& piece);

@@ -1,11 +1,13 @@
 // SentencePiece-family tokenizers: Llama 2 (32000) against tokenizer_llama2.json and tok512
-// against stories260K.expected.json, through libsentencepiece (tokenizer.model), llama2.c
-// tokenizer.bin, HF tokenizer.json and a GGUF-shaped vocabulary.
+// against stories260K.expected.json, through our tokenizer.model reader, llama2.c
+// tokenizer.bin, HF tokenizer.json and a GGUF-shaped vocabulary; random text against
+// libsentencepiece itself (see also sentencepiece_model_test.cpp).
 #include <gtest/gtest.h>
 
 #include <random>
 #include <tuple>
 
+#include "spm_reference.h"
 #include "test_util.h"
 
 using namespace tokenizer_test;
@@ -132,17 +134,17 @@ TEST(Llama2, ScoreBpeAgreesWithSentencePieceOnMixedText) {
     corpus.push_back(s);
   }
   corpus.push_back(std::string(2000, ' ') + "x");
-  const auto& reference = tokenizer("llama2-spm");
-  for (const char* name : {"llama2-bin", "llama2-json", "llama2-gguf"}) {
+  const auto& reference = spm_reference("models/llama2c/tokenizer.model");  // libsentencepiece
+  for (const char* name : {"llama2-spm", "llama2-bin", "llama2-json", "llama2-gguf"}) {
     int mismatches = 0;
     for (const std::string& s : corpus) {
-      const auto expected = reference.encode(s);
+      const auto expected = spm_encode(reference, s);
       const auto got = tokenizer(name).encode(s);
       if (got != expected) {
         ++mismatches;
         ADD_FAILURE() << name << " differs on '" << s << "'";
       }
-      EXPECT_EQ(tokenizer(name).decode(got), reference.decode(expected));
+      EXPECT_EQ(tokenizer(name).decode(got), tokenizer("llama2-spm").decode(expected));
     }
     EXPECT_EQ(mismatches, 0) << name;
   }
@@ -191,21 +193,22 @@ TEST_P(Tok512Loader, PlainChatIsBosPlusText) {
 INSTANTIATE_TEST_SUITE_P(Loaders, Tok512Loader, ::testing::ValuesIn(kTok512Loaders),
                          [](const auto& info) { return test_name(info.param); });
 
-// tok512.model collapses whitespace runs (remove_extra_whitespaces); the score BPE keeps
-// them (like llama2.c). Text with single inner spaces must agree exactly.
+// tok512.model collapses whitespace runs (remove_extra_whitespaces), and so does our
+// tokenizer.model reader; the .bin / .json / GGUF loaders keep them (like llama2.c). Text
+// with single inner spaces must agree exactly.
 TEST(Tok512, ScoreBpeAgreesWithSentencePieceOnSingleSpacedText) {
   const std::vector<std::string> words = {"Once",  "upon",    "a",    "time,", "Lily",      "loved", "the",
                                           "park.", "\"Hi!\"", "said", "Tom.",  "big",       "red",   "ball",
                                           "😀",     "café",    "123",  "don't", "sky\nblue", "x"};
   std::mt19937 rng(7);
-  const auto& reference = tokenizer("tok512-spm");
+  const auto& reference = spm_reference("models/llama2c/tok512.model");  // libsentencepiece
   int mismatches = 0;
   for (int n = 0; n < 300; ++n) {
     std::string s;
     const int length = 1 + rng() % 12;
     for (int k = 0; k < length; ++k) s += (k ? " " : "") + words[rng() % words.size()];
-    for (const char* name : {"tok512-bin", "tok512-json", "tok512-gguf"}) {
-      if (tokenizer(name).encode(s) != reference.encode(s)) {
+    for (const char* name : {"tok512-spm", "tok512-bin", "tok512-json", "tok512-gguf"}) {
+      if (tokenizer(name).encode(s) != spm_encode(reference, s)) {
         ++mismatches;
         ADD_FAILURE() << name << " differs on '" << s << "'";
       }
@@ -216,7 +219,9 @@ TEST(Tok512, ScoreBpeAgreesWithSentencePieceOnSingleSpacedText) {
 
 TEST(Tok512, RunsOfSpacesAreTheDocumentedDifference) {
   const std::string text = "a  b";
-  // sentencepiece collapses "  " to one space; the score BPE keeps both.
+  // sentencepiece (and our tokenizer.model reader) collapses "  " to one space; the
+  // tokenizer.bin score BPE keeps both.
+  EXPECT_EQ(spm_encode(spm_reference("models/llama2c/tok512.model"), text), tokenizer("tok512-spm").encode("a b"));
   EXPECT_EQ(tokenizer("tok512-spm").encode(text), tokenizer("tok512-spm").encode("a b"));
   EXPECT_NE(tokenizer("tok512-bin").encode(text), tokenizer("tok512-bin").encode("a b"));
   EXPECT_EQ(tokenizer("tok512-bin").decode(tokenizer("tok512-bin").encode(text)), text);
