@@ -19,7 +19,7 @@ ukernel::KernelSet kernels_for(LayoutId layout, IsaLevel level) {
   if (layout == LayoutId::X86_N16K4) {
     if (level == IsaLevel::Avx512Vnni) {
       return {"matmul_q8b32_q4p16x4_1x16_avx512vnni", matmul_q8b32_q4p16x4_1x16_avx512vnni,
-              "matmul_q8b32_q4p16x4_8x16_avx512vnni", matmul_q8b32_q4p16x4_8x16_avx512vnni};
+              "matmul_q8b32_q4p16x4_6x32_avx512vnni", matmul_q8b32_q4p16x4_6x32_avx512vnni};
     }
     if (level == IsaLevel::Avx2) {
       return {"matmul_q8b32_q4p16x4_1x16_avx2", matmul_q8b32_q4p16x4_1x16_avx2, "matmul_q8b32_q4p16x4_4x8_avx2",
@@ -65,7 +65,8 @@ void matmul(const QuantizedActivations& x, const PackedWeights& w, float* y, int
   const Layout& l = w.layout();
   const int64_t n = w.n();
   if (y == nullptr || ldy < n) fail("matmul: null Y or ldy " + std::to_string(ldy) + " < N " + std::to_string(n));
-  if (n_begin < 0 || n_end > n || n_begin > n_end || n_begin % l.nr != 0 || (n_end != n && n_end % l.nr != 0)) {
+  if (n_begin < 0 || n_end > n || n_begin > n_end || (n_begin != n && n_begin % l.nr != 0) ||
+      (n_end != n && n_end % l.nr != 0)) {
     fail("matmul: columns [" + std::to_string(n_begin) + ", " + std::to_string(n_end) + ") of N=" + std::to_string(n) +
          " must be aligned to " + std::to_string(l.nr));
   }

@@ -5,6 +5,15 @@
 
 namespace cpuchat::kernels::detail {
 
+// Round to nearest, ties to even, for |v| < 2^22 (the quantizers only see |v| <= 127.5):
+// adding 1.5 * 2^23 pushes the fraction out of the mantissa under the default rounding mode.
+// Same result as std::nearbyint, but no libm call on baseline x86-64 (no SSE4.1 roundss),
+// and it vectorizes. Needs strict fp semantics (no -ffast-math), as the whole library does.
+inline float round_nearest_even(float v) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  return (v + kMagic) - kMagic;
+}
+
 // Quantizes one activation row of k floats into k_padded int8 (zero padding), one scale and
 // one -8*sum per 32 values. Every implementation computes bit-identical results:
 //   amax = max |x| over the block, scale = amax / 127, q = round_to_nearest_even(x * (127 / amax))

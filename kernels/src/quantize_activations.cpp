@@ -28,7 +28,7 @@ void quantize_q8b32_row_scalar(const float* x, int64_t k, int64_t k_padded, int8
     for (int64_t i = 0; i < kGroupSize; ++i) {
       int32_t v = 0;
       if (i < count) {
-        v = static_cast<int32_t>(std::nearbyint(x[begin + i] * inv));
+        v = static_cast<int32_t>(round_nearest_even(x[begin + i] * inv));
         v = std::min(127, std::max(-127, v));
       }
       q[begin + i] = static_cast<int8_t>(v);

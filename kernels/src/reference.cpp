@@ -1,6 +1,8 @@
 // Layout-independent references (see reference.h).
 #include "cpuchat_kernels/reference.h"
 
+#include "quantize.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -17,7 +19,7 @@ float quantize_q4(const float* w, int64_t count, bool bf16_scale, int8_t* q) {
   if (bf16_scale) d = bf16_to_float(float_to_bf16(d));
   const float inv = d != 0.0f ? 1.0f / d : 0.0f;
   for (int64_t i = 0; i < count; ++i) {
-    const float v = std::nearbyint(w[i] * inv);
+    const float v = detail::round_nearest_even(w[i] * inv);
     q[i] = static_cast<int8_t>(std::min(7.0f, std::max(-8.0f, v)));
   }
   return d;

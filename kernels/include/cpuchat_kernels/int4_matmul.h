@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 
 #include "cpuchat_kernels/isa.h"
 #include "cpuchat_kernels/packed_layout.h"
@@ -48,6 +49,8 @@ struct PackedHeader {
   LayoutId layout = LayoutId::X86_N16K4;
   uint64_t byte_size = 0;   // size of the blob in bytes
 };
+static_assert(sizeof(PackedHeader) == 40 && std::is_trivially_copyable_v<PackedHeader>,
+              "PackedHeader is written to files as raw bytes: fixed size, no padding");
 
 class PackedWeights {
  public:
@@ -120,7 +123,7 @@ class QuantizedActivations {
 
 // ---------------------------------------------------------------------------------------
 // Y[m_begin:m_end, n_begin:n_end] for row-major Y with leading dimension ldy (>= N).
-// n_begin must be a multiple of w.row_alignment(); n_end too, unless it is N.
+// n_begin and n_end must be multiples of w.row_alignment() or equal to N.
 // Uses the active ISA's kernels when they can read w's layout, else the scalar kernel.
 // Creates no threads: call it from the caller's thread pool on disjoint column ranges.
 void matmul(const QuantizedActivations& x, const PackedWeights& w, float* y, int64_t ldy,

@@ -49,6 +49,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace cpuchat::kernels {
 
@@ -153,12 +154,12 @@ constexpr int decode_nibble(const Layout& l, uint8_t nib) {
 inline float bf16_to_float(uint16_t b) {
   const uint32_t bits = uint32_t{b} << 16;
   float f;
-  __builtin_memcpy(&f, &bits, 4);
+  std::memcpy(&f, &bits, 4);
   return f;
 }
 inline uint16_t float_to_bf16(float f) {
   uint32_t bits;
-  __builtin_memcpy(&bits, &f, 4);
+  std::memcpy(&bits, &f, 4);
   if ((bits & 0x7F800000u) == 0x7F800000u) return static_cast<uint16_t>(bits >> 16);  // inf/nan
   bits += 0x7FFFu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>(bits >> 16);

@@ -15,7 +15,7 @@ namespace cpuchat::kernels {
 // largest magnitude (so v maps exactly to -8 and the full [-8, 7] range is used); with
 // `bf16_scale` the scale is rounded to bf16 FIRST and the values are quantized with the
 // rounded scale, so the stored scale is the one the values were rounded against.
-// q[i] = clamp(nearbyint(w[i] / d), -8, 7). Returns d (0 for an all-zero input).
+// q[i] = clamp(round_to_nearest_even(w[i] * (1/d)), -8, 7). Returns d (0 for an all-zero input).
 float quantize_q4(const float* w, int64_t count, bool bf16_scale, int8_t* q);
 
 // Unpacked quantized weights.

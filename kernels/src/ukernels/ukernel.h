@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 
 #include "cpuchat_kernels/packed_layout.h"
@@ -49,7 +50,7 @@ void matmul_q8b32_q4p_any_scalar(const Args& args);
 void matmul_q8b32_q4p16x4_1x16_avx2(const Args& args);
 void matmul_q8b32_q4p16x4_4x8_avx2(const Args& args);
 void matmul_q8b32_q4p16x4_1x16_avx512vnni(const Args& args);
-void matmul_q8b32_q4p16x4_8x16_avx512vnni(const Args& args);
+void matmul_q8b32_q4p16x4_6x32_avx512vnni(const Args& args);
 #endif
 #if defined(__aarch64__)
 void matmul_q8b32_q4p8x8_1x8_neon_dotprod(const Args& args);
