@@ -64,6 +64,17 @@ torch::Tensor interleaved_to_rotate_half(const torch::Tensor& w, int n_heads) {
   return w.reshape({n_heads, head_dim / 2, 2, cols}).transpose(1, 2).reshape({rows, cols}).contiguous();
 }
 
+void reorder_qk_to_rotate_half(Checkpoint& ck) {
+  const ModelConfig& c = ck.config;
+  for (int l = 0; l < c.n_layers; ++l)
+    for (auto [name, heads] : {std::pair{"self_attn.q_proj.weight", c.n_heads}, {"self_attn.k_proj.weight", c.n_kv_heads}}) {
+      torch::Tensor& w = ck.tensors.at(layer_tensor(l, name));
+      torch::Tensor reordered = interleaved_to_rotate_half(w, heads);
+      ck.release_pages(w);
+      w = reordered;
+    }
+}
+
 torch::Tensor Checkpoint::take(const std::string& name) {
   if (auto lazy = lazy_shapes.find(name); lazy != lazy_shapes.end() && !tensors.count(name)) {
     torch::Tensor t = torch::empty(lazy->second, torch::kBFloat16);

@@ -82,6 +82,8 @@ Checkpoint load_gguf_checkpoint(const std::string& file);
 // Reorders q/k rows from interleaved RoPE pairs (Meta, llama2.c, GGUF) to HF's
 // rotate-half order, so one RoPE implementation serves every format.
 torch::Tensor interleaved_to_rotate_half(const torch::Tensor& w, int n_heads);
+// Applies it to every layer's q_proj and k_proj of `ck`, dropping the source pages.
+void reorder_qk_to_rotate_half(Checkpoint& ck);
 
 // The names of layer tensors, in one place.
 std::string layer_tensor(int layer, const char* suffix);

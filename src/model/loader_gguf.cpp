@@ -218,12 +218,7 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
   if (ck.tensors.count("model.embed_tokens.weight") && c.vocab_size == 0)
     c.vocab_size = int(ck.tensors["model.embed_tokens.weight"].size(0));
   ck.validate();
-  for (int l = 0; l < c.n_layers; ++l) {  // llama.cpp's converter stores q/k in interleaved-pair order
-    auto& q = ck.tensors[layer_tensor(l, "self_attn.q_proj.weight")];
-    q = interleaved_to_rotate_half(q, c.n_heads);
-    auto& k = ck.tensors[layer_tensor(l, "self_attn.k_proj.weight")];
-    k = interleaved_to_rotate_half(k, c.n_kv_heads);
-  }
+  reorder_qk_to_rotate_half(ck);  // llama.cpp's converter stores q/k in interleaved-pair order
 
   // The embedded tokenizer.
   c.bos_id = int(num("tokenizer.ggml.bos_token_id", -1));

@@ -77,13 +77,8 @@ Checkpoint load_llama2c_checkpoint(const std::string& file) {
   if (!c.tied_embeddings) ck.tensors["lm_head.weight"] = next({V, D});
   ck.files.push_back(mf);
 
-  // llama2.c rotates interleaved pairs; reorder q/k rows to the rotate-half convention.
-  for (int l = 0; l < L; ++l) {
-    auto& q = ck.tensors[layer_tensor(l, "self_attn.q_proj.weight")];
-    q = interleaved_to_rotate_half(q, c.n_heads);
-    auto& k = ck.tensors[layer_tensor(l, "self_attn.k_proj.weight")];
-    k = interleaved_to_rotate_half(k, c.n_kv_heads);
-  }
+  ck.validate();
+  reorder_qk_to_rotate_half(ck);  // llama2.c rotates interleaved pairs
   return ck;
 }
 

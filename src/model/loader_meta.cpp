@@ -162,14 +162,7 @@ Checkpoint load_meta_checkpoint(const std::string& dir) {
     throw std::runtime_error(params_path + ": FFN size from multiple_of/ffn_dim_multiplier is " +
                              std::to_string(c.hidden_dim) + " but w1 has " + std::to_string(gate.size(0)) + " rows");
   ck.validate();  // shapes first, then the q/k reorder that relies on them
-  for (int l = 0; l < c.n_layers; ++l) {
-    for (auto [name, heads] : {std::pair{"self_attn.q_proj.weight", c.n_heads}, {"self_attn.k_proj.weight", c.n_kv_heads}}) {
-      torch::Tensor& w = ck.tensors[layer_tensor(l, name)];
-      torch::Tensor reordered = interleaved_to_rotate_half(w, heads);
-      ck.release_pages(w);
-      w = reordered;
-    }
-  }
+  reorder_qk_to_rotate_half(ck);
   if (std::ifstream(dir + "/tokenizer.model").good()) ck.tokenizer_path = dir + "/tokenizer.model";
   // Llama 3 specials (Meta numbers them after the 128000 ranks); eos per Llama 3.1.
   if (c.vocab_size >= 128256) {
