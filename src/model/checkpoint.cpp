@@ -64,6 +64,25 @@ torch::Tensor interleaved_to_rotate_half(const torch::Tensor& w, int n_heads) {
   return w.reshape({n_heads, head_dim / 2, 2, cols}).transpose(1, 2).reshape({rows, cols}).contiguous();
 }
 
+void adopt_tensors(const std::map<std::string, torch::Tensor>& raw, const TensorNaming& names,
+                   const std::string& file, Checkpoint& ck) {
+  auto move = [&](const std::string& from, const std::string& to) {
+    auto it = raw.find(from);
+    if (it == raw.end()) throw std::runtime_error(file + ": missing tensor " + from);
+    ck.tensors[to] = it->second;
+  };
+  move(names.embed, "model.embed_tokens.weight");
+  move(names.norm, "model.norm.weight");
+  if (raw.count(names.head))
+    move(names.head, "lm_head.weight");
+  else
+    ck.config.tied_embeddings = true;
+  for (int l = 0; l < ck.config.n_layers; ++l) {
+    const std::string prefix = names.layer_prefix + std::to_string(l) + ".";
+    for (int i = 0; i < 9; ++i) move(prefix + names.layer[i], layer_tensor(l, kLayerTensorSuffixes[i]));
+  }
+}
+
 void reorder_qk_to_rotate_half(Checkpoint& ck) {
   const ModelConfig& c = ck.config;
   for (int l = 0; l < c.n_layers; ++l)

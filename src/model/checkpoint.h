@@ -85,6 +85,23 @@ torch::Tensor interleaved_to_rotate_half(const torch::Tensor& w, int n_heads);
 // Applies it to every layer's q_proj and k_proj of `ck`, dropping the source pages.
 void reorder_qk_to_rotate_half(Checkpoint& ck);
 
+// How a non-HF format names the tensors: `layer` lists its names for HF's
+// kLayerTensorSuffixes, in that order, each after "<layer_prefix><N>.".
+inline constexpr const char* kLayerTensorSuffixes[9] = {
+    "input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"};
+struct TensorNaming {
+  const char* embed;
+  const char* norm;
+  const char* head;  // absent from the file: tied embeddings
+  const char* layer_prefix;
+  const char* layer[9];
+};
+// Moves `raw` tensors into ck.tensors under HF names; throws "FILE: missing tensor X".
+void adopt_tensors(const std::map<std::string, torch::Tensor>& raw, const TensorNaming& names,
+                   const std::string& file, Checkpoint& ck);
+
 // The names of layer tensors, in one place.
 std::string layer_tensor(int layer, const char* suffix);
 

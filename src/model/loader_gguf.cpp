@@ -192,26 +192,11 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
   }
   ck.files.push_back(mf);
 
-  auto move = [&](const std::string& from, const std::string& to) {
-    auto it = raw.find(from);
-    if (it == raw.end()) r.fail("missing tensor " + from);
-    ck.tensors[to] = it->second;
-  };
-  move("token_embd.weight", "model.embed_tokens.weight");
-  move("output_norm.weight", "model.norm.weight");
-  if (raw.count("output.weight")) move("output.weight", "lm_head.weight"); else c.tied_embeddings = true;
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string b = "blk." + std::to_string(l) + ".";
-    move(b + "attn_norm.weight", layer_tensor(l, "input_layernorm.weight"));
-    move(b + "ffn_norm.weight", layer_tensor(l, "post_attention_layernorm.weight"));
-    move(b + "attn_q.weight", layer_tensor(l, "self_attn.q_proj.weight"));
-    move(b + "attn_k.weight", layer_tensor(l, "self_attn.k_proj.weight"));
-    move(b + "attn_v.weight", layer_tensor(l, "self_attn.v_proj.weight"));
-    move(b + "attn_output.weight", layer_tensor(l, "self_attn.o_proj.weight"));
-    move(b + "ffn_gate.weight", layer_tensor(l, "mlp.gate_proj.weight"));
-    move(b + "ffn_up.weight", layer_tensor(l, "mlp.up_proj.weight"));
-    move(b + "ffn_down.weight", layer_tensor(l, "mlp.down_proj.weight"));
-  }
+  static const TensorNaming kGgufNames = {
+      "token_embd.weight", "output_norm.weight", "output.weight", "blk.",
+      {"attn_norm.weight", "ffn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+       "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"}};
+  adopt_tensors(raw, kGgufNames, file, ck);
   auto vocab_it = kv.find("tokenizer.ggml.tokens");
   c.vocab_size = vocab_it != kv.end() && vocab_it->second.is_array ? int(vocab_it->second.array.size())
                                                                      : int(num("llama.vocab_size", 0));

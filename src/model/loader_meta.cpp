@@ -136,26 +136,11 @@ Checkpoint load_meta_checkpoint(const std::string& dir) {
   auto raw = read_pth(files[0], mf);
   ck.files.push_back(mf);
 
-  auto move = [&](const std::string& from, const std::string& to) {
-    auto it = raw.find(from);
-    if (it == raw.end()) throw std::runtime_error(files[0] + ": missing tensor " + from);
-    ck.tensors[to] = it->second;
-  };
-  move("tok_embeddings.weight", "model.embed_tokens.weight");
-  move("norm.weight", "model.norm.weight");
-  if (raw.count("output.weight")) move("output.weight", "lm_head.weight"); else c.tied_embeddings = true;
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string m = "layers." + std::to_string(l) + ".";
-    move(m + "attention_norm.weight", layer_tensor(l, "input_layernorm.weight"));
-    move(m + "ffn_norm.weight", layer_tensor(l, "post_attention_layernorm.weight"));
-    move(m + "attention.wq.weight", layer_tensor(l, "self_attn.q_proj.weight"));
-    move(m + "attention.wk.weight", layer_tensor(l, "self_attn.k_proj.weight"));
-    move(m + "attention.wv.weight", layer_tensor(l, "self_attn.v_proj.weight"));
-    move(m + "attention.wo.weight", layer_tensor(l, "self_attn.o_proj.weight"));
-    move(m + "feed_forward.w1.weight", layer_tensor(l, "mlp.gate_proj.weight"));
-    move(m + "feed_forward.w3.weight", layer_tensor(l, "mlp.up_proj.weight"));
-    move(m + "feed_forward.w2.weight", layer_tensor(l, "mlp.down_proj.weight"));
-  }
+  static const TensorNaming kMetaNames = {
+      "tok_embeddings.weight", "norm.weight", "output.weight", "layers.",
+      {"attention_norm.weight", "ffn_norm.weight", "attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
+       "attention.wo.weight", "feed_forward.w1.weight", "feed_forward.w3.weight", "feed_forward.w2.weight"}};
+  adopt_tensors(raw, kMetaNames, files[0], ck);
   // The FFN size comes from the formula; if the weights disagree, trust and report neither.
   const auto& gate = ck.tensors[layer_tensor(0, "mlp.gate_proj.weight")];
   if (gate.dim() == 2 && gate.size(0) != c.hidden_dim)
