@@ -6,12 +6,13 @@
 # Installs what it needs (Debian 12, as root, non-interactive). Exits non-zero on any failure.
 # Output ends with the combined "N passed, N failed" line.
 #
-#   scripts/test-aarch64.sh                 (build dir: $BUILD_DIR, default /tmp/cpuchat-kernels-aarch64)
+#   scripts/test-aarch64.sh                 (build dir: $BUILD_DIR, default build/aarch64-kernels in this checkout,
+#                                            so two checkouts never share a CMake cache)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD_DIR="${BUILD_DIR:-${TMPDIR:-/tmp}/cpuchat-kernels-aarch64}"
+BUILD_DIR="${BUILD_DIR:-$ROOT/build/aarch64-kernels}"
 JOBS="${JOBS:-2}"
 SYSROOT=/usr/aarch64-linux-gnu
 
