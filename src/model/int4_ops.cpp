@@ -66,7 +66,10 @@ torch::Tensor int4_linear(const torch::Tensor& x_in, const torch::Tensor& packed
   TORCH_CHECK(x_in.size(-1) == w.k(), "int4_linear: x has ", x_in.size(-1), " features, weights expect ", w.k());
   torch::Tensor x = x_in.to(torch::kFloat32).contiguous();
   const int64_t m = x.numel() / w.k(), n = w.n();
-  thread_local kn::QuantizedActivations xq;  // buffers reused across calls
+  // Buffers reused across calls. A named reference, because the lambdas below run on pool
+  // threads, where the name of a thread_local would mean their own, empty, instance.
+  thread_local kn::QuantizedActivations thread_xq;
+  kn::QuantizedActivations& xq = thread_xq;
   xq.resize(m, w.k());
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, m, 16, [&](int64_t r0, int64_t r1) { xq.quantize_rows(xp, w.k(), r0, r1); });
