@@ -111,9 +111,12 @@ std::string markdown(const json& report) {
   const json& m = report["machine"];
   std::ostringstream o;
   o << "Machine: " << m["cpu"].get<std::string>() << ", " << m["cores"] << " cores, kernel ISA " << m["isa"].get<std::string>()
-    << ", read bandwidth " << fmt(m["read_bandwidth_gbs"]["1"]) << " GB/s (1 thread)";
-  for (auto& [k, v] : m["read_bandwidth_gbs"].items())
-    if (k != "1") o << ", " << fmt(v) << " GB/s (" << k << " threads)";
+    << ", read bandwidth";
+  const char* sep = " ";
+  for (auto& [k, v] : m["read_bandwidth_gbs"].items()) {
+    o << sep << fmt(v) << " GB/s (" << k << (k == "1" ? " thread)" : " threads)");
+    sep = ", ";
+  }
   o << ".\n\n| model | backend | threads | TTFT (s) | prompt tok/s | decode tok/s | roofline tok/s | % of roofline | "
        "weights/token (GB) | peak RSS (GB) | $ / 1M tokens | decode uplift |\n"
     << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";

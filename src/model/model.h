@@ -55,7 +55,6 @@ class Model {
   };
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const;
   torch::Tensor apply_rope(const torch::Tensor& x, int start_pos) const;  // x [T, heads, head_dim]
-  torch::Tensor attention(const torch::Tensor& q, const KVCache& cache, int layer, int start_pos, int T) const;
 
   ModelConfig config_;
   Backend backend_;

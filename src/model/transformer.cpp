@@ -3,6 +3,7 @@
 // Activations are fp32 throughout; only the linear layers differ between backends.
 #include <cmath>
 
+#include "model/attention.h"
 #include "model/model.h"
 
 namespace cpuchat {
@@ -114,22 +115,6 @@ torch::Tensor Model::apply_rope(const torch::Tensor& x, int start_pos) const {
   return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, 2);
 }
 
-torch::Tensor Model::attention(const torch::Tensor& q, const KVCache& cache, int layer, int start_pos, int T) const {
-  const ModelConfig& c = config_;
-  const int group = c.n_heads / c.n_kv_heads, S = start_pos + T;
-  // Each kv head serves `group` query heads: [n_kv, group, T, head_dim] against [n_kv, 1, S, head_dim].
-  auto qg = q.view({T, c.n_kv_heads, group, c.head_dim}).permute({1, 2, 0, 3});
-  auto k = cache.k[layer].narrow(1, 0, S).unsqueeze(1);
-  auto v = cache.v[layer].narrow(1, 0, S).unsqueeze(1);
-  auto scores = torch::matmul(qg, k.transpose(-1, -2)) * (1.0 / std::sqrt(double(c.head_dim)));
-  if (T > 1) {  // causal: query t sees keys 0..start_pos+t
-    auto rows = torch::arange(T, torch::kLong).unsqueeze(1) + start_pos;
-    auto cols = torch::arange(S, torch::kLong).unsqueeze(0);
-    scores = scores.masked_fill(cols > rows, -std::numeric_limits<float>::infinity());
-  }
-  auto out = torch::matmul(torch::softmax(scores, -1), v);  // [n_kv, group, T, head_dim]
-  return out.permute({2, 0, 1, 3}).reshape({T, c.n_heads * c.head_dim});
-}
 
 torch::Tensor Model::forward(const std::vector<int>& tokens, int start_pos, KVCache& cache, bool all_logits) const {
   torch::NoGradGuard no_grad;
@@ -147,7 +132,7 @@ torch::Tensor Model::forward(const std::vector<int>& tokens, int start_pos, KVCa
     auto v = L.wv->forward(h).view({T, c.n_kv_heads, c.head_dim});
     cache.k[l].narrow(1, start_pos, T).copy_(k.permute({1, 0, 2}));
     cache.v[l].narrow(1, start_pos, T).copy_(v.permute({1, 0, 2}));
-    x = x + L.wo->forward(attention(q, cache, l, start_pos, T));
+    x = x + L.wo->forward(causal_attention(q, cache.k[l], cache.v[l], start_pos));
 
     h = rms_norm(x, L.ffn_norm);
     x = x + L.w_down->forward(torch::silu(L.w_gate->forward(h)) * L.w_up->forward(h));

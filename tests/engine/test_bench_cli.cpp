@@ -71,6 +71,17 @@ TEST(BenchCli, TinySyntheticRunWritesAllThreeOutputs) {
   fs::remove_all(dir);
 }
 
+TEST(BenchCli, SingleThreadCountWithoutOneThreadStillWritesMarkdown) {
+  const fs::path md = fs::temp_directory_path() / ("cpuchat_bench_2t_" + std::to_string(getpid()) + ".md");
+  auto r = run_process({CPUCHAT_BINARY, "bench", "--synthetic", "tiny", "--backends", "int4", "--threads", "2",
+                        "--prompt-tokens", "8", "--gen-tokens", "4", "--repeat", "1", "--markdown", md.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string text = slurp(md);
+  EXPECT_NE(text.find("GB/s (2 threads)"), std::string::npos) << text;
+  EXPECT_EQ(text.find("GB/s (1 thread)"), std::string::npos) << text;
+  fs::remove(md);
+}
+
 TEST(BenchCli, BadArgumentsAreOneLineErrors) {
   auto r = run_process({CPUCHAT_BINARY, "bench", "--synthetic", "llama9-huge"});
   EXPECT_EQ(r.exit_code, 1);
