@@ -207,6 +207,7 @@ const char* kBenchUsage =
     "usage: cpuchat bench (--model PATH | --synthetic SHAPE) [--backends bf16,int4] [--threads 1,2]\n"
     "                     [--prompt-tokens 128] [--gen-tokens 64] [--repeat 3] [--quant q4g32|q4c]\n"
     "                     [--instance NAME] [--price-per-hour USD] [--json FILE] [--svg FILE] [--markdown FILE]\n"
+    "                     [--cache-packed]   (--model: map/save the int4-packed weights next to it)\n"
     "       cpuchat bench --merge A.json,B.json [--json FILE] [--svg FILE] [--markdown FILE]\n"
     "  SHAPE: llama3.1-8b, llama3.2-3b, llama3.2-1b, tiny (random weights made in memory)\n";
 
@@ -286,6 +287,7 @@ int bench_body(const Args& a) {
       o.threads = threads.back();
       o.ctx = prompt_tokens + gen_tokens + 8;
       o.require_tokenizer = false;
+      o.cache_packed = a.has("--cache-packed");
       auto engine = Engine::load(o);
       const ModelInfo& info = engine->info();
       if (backend == Backend::INT4) machine["isa"] = info.isa;
@@ -363,7 +365,7 @@ int bench_command(int argc, char** argv) {
   return run_command("bench", kBenchUsage, bench_body, argc, argv,
                      {"--model", "--synthetic", "--backends", "--threads", "--prompt-tokens", "--gen-tokens", "--repeat", "--quant",
                       "--instance", "--price-per-hour", "--json", "--svg", "--markdown", "--merge"},
-                     {});
+                     {"--cache-packed"});
 }
 
 }  // namespace cpuchat

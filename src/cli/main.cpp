@@ -6,6 +6,9 @@
 #include <exception>
 #include <string>
 
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
 #include "cli/commands.h"
 #include "cpuchat/server.h"
 
@@ -32,6 +35,8 @@ int main(int argc, char** argv) {
   // loading still returns its scratch explicitly (malloc_trim after packing).
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  // Logs go to stderr: stdout carries the commands' output (--json, tokens).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("cpuchat"));
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
     fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

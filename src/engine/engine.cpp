@@ -15,6 +15,7 @@
 
 #include "engine/sampler.h"
 #include "model/make_model.h"
+#include "model/packed_cache.h"
 #include "model/model.h"
 
 namespace cpuchat {
@@ -118,6 +119,35 @@ struct Session::Impl {
 Engine::Engine() : impl_(std::make_unique<Impl>()) {}
 Engine::~Engine() = default;
 
+namespace {
+
+// Builds the model; with --cache-packed (int4, real checkpoints), maps the packed weights a
+// previous run saved next to the checkpoint, or saves them after packing for the next run.
+std::unique_ptr<Model> load_model(Checkpoint ck, const LoadOptions& opts) {
+  if (!opts.cache_packed || opts.backend != Backend::INT4 || !opts.synthetic.empty()) {
+    if (opts.cache_packed && opts.backend != Backend::INT4)
+      spdlog::warn("--cache-packed only applies to --backend int4; ignored for {}", backend_name(opts.backend));
+    return std::make_unique<Model>(std::move(ck), opts.backend, opts.quant);
+  }
+  std::string why_not;
+  PackedCache cache = PackedCache::open(PackedCache::path_for(opts.model_path, opts.quant),
+                                        PackedCache::fingerprint(ck, opts.quant), &why_not);
+  if (!why_not.empty()) spdlog::warn("packed cache not used, repacking: {}", why_not);
+  if (cache.loaded()) spdlog::info("int4 weights mapped from {}", cache.path());
+  auto model = std::make_unique<Model>(std::move(ck), opts.backend, opts.quant, &cache);
+  if (!cache.loaded()) {
+    try {
+      const uint64_t bytes = cache.save();
+      spdlog::info("saved int4 weights to {} ({:.2f} GB)", cache.path(), bytes / 1e9);
+    } catch (const std::exception& err) {
+      spdlog::warn("{}; continuing without a cache", err.what());
+    }
+  }
+  return model;
+}
+
+}  // namespace
+
 std::unique_ptr<Engine> Engine::load(const LoadOptions& opts) {
   const auto t0 = Clock::now();
   std::unique_ptr<Engine> engine(new Engine());
@@ -161,7 +191,7 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& opts) {
   info.format = ck.format;
   info.backend = backend_name(opts.backend);
   info.quant = opts.backend == Backend::INT4 ? quant_name(opts.quant) : "";
-  e.model = std::make_unique<Model>(std::move(ck), opts.backend, opts.quant);
+  e.model = load_model(std::move(ck), opts);
   info.isa = opts.backend == Backend::INT4 ? int4_isa_name() : "";
   info.threads = threads;
   info.ctx = ctx;

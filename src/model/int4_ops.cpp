@@ -34,7 +34,7 @@ kn::PackedWeights view_of(const torch::Tensor& packed) {
   return kn::PackedWeights::view(header, packed.data_ptr<uint8_t>() + kHeaderBytes);
 }
 
-torch::Tensor int4_pack(const torch::Tensor& weight, c10::string_view scheme_name) {
+torch::Tensor int4_pack_op(const torch::Tensor& weight, c10::string_view scheme_name) {
   TORCH_CHECK(weight.dim() == 2, "int4_pack: weight must be 2-D [N, K]");
   const kn::Scheme scheme = scheme_name == "q4c" ? kn::Scheme::Q4C : kn::Scheme::Q4G32;
   TORCH_CHECK(scheme_name == "q4c" || scheme_name == "q4g32", "int4_pack: scheme must be q4g32 or q4c");
@@ -61,7 +61,7 @@ torch::Tensor int4_pack(const torch::Tensor& weight, c10::string_view scheme_nam
   return out;
 }
 
-torch::Tensor int4_linear(const torch::Tensor& x_in, const torch::Tensor& packed) {
+torch::Tensor int4_linear_op(const torch::Tensor& x_in, const torch::Tensor& packed) {
   const kn::PackedWeights w = view_of(packed);
   TORCH_CHECK(x_in.size(-1) == w.k(), "int4_linear: x has ", x_in.size(-1), " features, weights expect ", w.k());
   torch::Tensor x = x_in.to(torch::kFloat32).contiguous();
@@ -90,8 +90,8 @@ torch::Tensor int4_linear(const torch::Tensor& x_in, const torch::Tensor& packed
 }  // namespace
 
 TORCH_LIBRARY(cpuchat, m) {
-  m.def("int4_pack(Tensor weight, str scheme) -> Tensor", int4_pack);
-  m.def("int4_linear(Tensor x, Tensor packed) -> Tensor", int4_linear);
+  m.def("int4_pack(Tensor weight, str scheme) -> Tensor", int4_pack_op);
+  m.def("int4_linear(Tensor x, Tensor packed) -> Tensor", int4_linear_op);
 }
 
 namespace {
@@ -113,11 +113,16 @@ class Int4Linear : public Linear {
 
 }  // namespace
 
-std::unique_ptr<Linear> make_int4_linear(const torch::Tensor& weight, QuantScheme quant) {
+torch::Tensor int4_pack(const torch::Tensor& weight, QuantScheme quant) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("cpuchat::int4_pack", "")
                        .typed<torch::Tensor(const torch::Tensor&, c10::string_view)>();
-  return std::make_unique<Int4Linear>(op.call(weight, quant == QuantScheme::Q4C ? "q4c" : "q4g32"));
+  return op.call(weight, quant == QuantScheme::Q4C ? "q4c" : "q4g32");
+}
+
+std::unique_ptr<Linear> make_int4_linear(torch::Tensor packed) {
+  view_of(packed);  // validates now rather than on the first token
+  return std::make_unique<Int4Linear>(std::move(packed));
 }
 
 std::string int4_isa_name() { return kn::active_isa_name(); }

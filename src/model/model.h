@@ -10,6 +10,10 @@
 #include "model/checkpoint.h"
 
 namespace cpuchat {
+class PackedCache;
+}
+
+namespace cpuchat {
 
 // A linear layer y = x · Wᵀ, however W is stored. x and y are fp32 [T, in] / [T, out].
 class Linear {
@@ -21,8 +25,10 @@ class Linear {
 
 // libtorch's own linear (the "before" path): fp32 or bf16 weights.
 std::unique_ptr<Linear> make_torch_linear(torch::Tensor weight, Backend backend);
-// The INT4 kernels (the "after" path): packs `weight` now, quantizes x per call.
-std::unique_ptr<Linear> make_int4_linear(const torch::Tensor& weight, QuantScheme quant);
+// The INT4 kernels (the "after" path): int4_pack quantizes and repacks `weight` once (a
+// uint8 tensor: kernels header + packed blob); the linear quantizes x per call.
+torch::Tensor int4_pack(const torch::Tensor& weight, QuantScheme quant);
+std::unique_ptr<Linear> make_int4_linear(torch::Tensor packed);
 // The kernel ISA level in use ("avx512vnni", ...).
 std::string int4_isa_name();
 
@@ -35,8 +41,9 @@ struct KVCache {
 class Model {
  public:
   // Consumes the checkpoint's tensors layer by layer, converting or packing each for
-  // `backend` and releasing the source pages as it goes.
-  Model(Checkpoint checkpoint, Backend backend, QuantScheme quant);
+  // `backend` and releasing the source pages as it goes. With a packed cache (int4 only),
+  // linears found in it are used from it, and the ones packed now are recorded in it.
+  Model(Checkpoint checkpoint, Backend backend, QuantScheme quant, PackedCache* packed_cache = nullptr);
 
   const ModelConfig& config() const { return config_; }
   Backend backend() const { return backend_; }

@@ -5,6 +5,7 @@
 
 #include "model/attention.h"
 #include "model/model.h"
+#include "model/packed_cache.h"
 
 namespace cpuchat {
 
@@ -34,12 +35,23 @@ std::unique_ptr<Linear> make_torch_linear(torch::Tensor weight, Backend backend)
   return std::make_unique<TorchLinear>(std::move(weight));
 }
 
-Model::Model(Checkpoint ck, Backend backend, QuantScheme quant) : config_(ck.config), backend_(backend) {
+Model::Model(Checkpoint ck, Backend backend, QuantScheme quant, PackedCache* packed_cache)
+    : config_(ck.config), backend_(backend) {
   const ModelConfig& c = config_;
+  // `name` keys the packed cache; `w` is only read when the cache does not have it.
+  auto make_linear = [&](const std::string& name, const torch::Tensor& w) -> std::unique_ptr<Linear> {
+    if (backend != Backend::INT4) return make_torch_linear(w, backend);
+    torch::Tensor packed = packed_cache ? packed_cache->find(name) : torch::Tensor();
+    if (!packed.defined()) {
+      packed = int4_pack(w, quant);
+      if (packed_cache) packed_cache->record(name, packed);
+    }
+    return make_int4_linear(packed);
+  };
   auto linear = [&](const std::string& name) {
     torch::Tensor w = ck.take(name);
     n_params_ += w.numel();
-    std::unique_ptr<Linear> lin = backend == Backend::INT4 ? make_int4_linear(w, quant) : make_torch_linear(w, backend);
+    std::unique_ptr<Linear> lin = make_linear(name, w);
     if (w.scalar_type() != torch_dtype(backend) || backend == Backend::INT4) ck.release_pages(w);
     return lin;
   };
@@ -67,11 +79,11 @@ Model::Model(Checkpoint ck, Backend backend, QuantScheme quant) : config_(ck.con
   torch::Tensor embed = ck.take("model.embed_tokens.weight");
   n_params_ += embed.numel();
   if (c.tied_embeddings) {
-    head_ = backend == Backend::INT4 ? make_int4_linear(embed, quant) : make_torch_linear(embed, backend);
+    head_ = make_linear("lm_head.weight", embed);
   } else {
     torch::Tensor head = ck.take("lm_head.weight");
     n_params_ += head.numel();
-    head_ = backend == Backend::INT4 ? make_int4_linear(head, quant) : make_torch_linear(head, backend);
+    head_ = make_linear("lm_head.weight", head);
     if (backend == Backend::INT4 || head.scalar_type() != torch_dtype(backend)) ck.release_pages(head);
   }
   // The embedding table is only gathered from, a row per token: fp32 runs keep an fp32

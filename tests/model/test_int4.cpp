@@ -33,12 +33,12 @@ TEST(Int4Op, MatchesFp32LinearWithinTheQuantizationBound) {
     SCOPED_TRACE("M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
     auto w = torch::randn({N, K}) * 0.05, x = torch::randn({M, K});
     auto want = torch::linear(x, w);
-    auto got = make_int4_linear(w, QuantScheme::Q4G32)->forward(x);
+    auto got = make_int4_linear(int4_pack(w, QuantScheme::Q4G32))->forward(x);
     ASSERT_EQ(got.sizes(), want.sizes());
     auto excess = ((got - want).abs() - error_bound(x, w, 32)).max().item<float>();
     EXPECT_LE(excess, 0.0f);
     // Per-channel scales: the group is the whole row.
-    auto got_c = make_int4_linear(w, QuantScheme::Q4C)->forward(x);
+    auto got_c = make_int4_linear(int4_pack(w, QuantScheme::Q4C))->forward(x);
     excess = ((got_c - want).abs() - error_bound(x, w, K)).max().item<float>();
     EXPECT_LE(excess, 0.0f);
     // And typical, not just worst-case: for Gaussian weights a group's int4 step is about
@@ -48,9 +48,9 @@ TEST(Int4Op, MatchesFp32LinearWithinTheQuantizationBound) {
 }
 
 TEST(Int4Op, BadShapesAreErrorsNotCrashes) {
-  auto lin = make_int4_linear(torch::randn({16, 32}), QuantScheme::Q4G32);
+  auto lin = make_int4_linear(int4_pack(torch::randn({16, 32}), QuantScheme::Q4G32));
   EXPECT_THROW(lin->forward(torch::randn({1, 31})), c10::Error);
-  EXPECT_THROW(make_int4_linear(torch::randn({16}), QuantScheme::Q4G32), c10::Error);
+  EXPECT_THROW(make_int4_linear(int4_pack(torch::randn({16}), QuantScheme::Q4G32)), c10::Error);
 }
 
 double top1_agreement(Engine& a, Engine& b, const std::vector<int>& ids) {

@@ -1,0 +1,53 @@
+// --cache-packed: the int4-packed linear weights of a checkpoint, saved in one file next to
+// it, so a restart maps them (seconds) instead of quantizing and repacking (tens of seconds).
+//
+// File layout (little-endian):
+//   [0, 64)        header: "CPUCHATP", u32 format version, u32 0, u64 index offset, u64 index bytes
+//   4096-aligned   one blob per linear layer: the packed tensor exactly as int4_pack made it
+//                  (64-byte kernels header + packed weights), so it is used in place from the map
+//   index          JSON: {"fingerprint": "...", "tensors": {"model.layers.0.self_attn.q_proj.weight": [offset, bytes], ...}}
+// The fingerprint names the source files (path, size, mtime), the quantization scheme and the
+// kernels' layout; a cache whose fingerprint differs is ignored and rewritten.
+#pragma once
+#include <torch/torch.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpuchat/engine.h"
+#include "model/checkpoint.h"
+
+namespace cpuchat {
+
+class PackedCache {
+ public:
+  // Where the cache of `model_path` lives: DIR/cpuchat-int4-<quant>-<layout>.cache for a
+  // directory, FILE.cpuchat-int4-<quant>-<layout>.cache for a single-file checkpoint.
+  static std::string path_for(const std::string& model_path, QuantScheme quant);
+  static std::string fingerprint(const Checkpoint& ck, QuantScheme quant);
+
+  // Maps the cache at `path` if it exists and matches `fingerprint`; otherwise returns an
+  // empty cache that records what the model packs, for save(). `why_not` says why an existing
+  // file was not used ("" when it was used or did not exist).
+  static PackedCache open(const std::string& path, const std::string& fingerprint, std::string* why_not);
+
+  bool loaded() const { return file_ != nullptr; }
+  // The packed tensor saved under `name` (a view into the map), or undefined if absent.
+  torch::Tensor find(const std::string& name) const;
+  // Remembers a packed tensor to write (no copy: the model keeps it alive).
+  void record(const std::string& name, torch::Tensor packed);
+  // Writes the recorded tensors to path() (a temporary file renamed into place, so a crash
+  // never leaves a half-written cache). Returns bytes written; throws std::runtime_error.
+  uint64_t save() const;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_, fingerprint_;
+  std::shared_ptr<MappedFile> file_;
+  std::map<std::string, torch::Tensor> tensors_;           // loaded: views into file_
+  std::vector<std::pair<std::string, torch::Tensor>> recorded_;
+};
+
+}  // namespace cpuchat
