@@ -291,9 +291,11 @@ int perplexity_body(const Args& a) {
   }
   const double ppl = std::exp(nll / double(scored));
   if (a.has("--json"))
-    std::cout << json{{"perplexity", ppl}, {"tokens", scored}, {"backend", engine->info().backend}}.dump() << std::endl;
+    std::cout << json{{"perplexity", ppl}, {"tokens", scored}, {"backend", engine->info().backend}, {"quant", engine->info().quant}}.dump()
+              << std::endl;
   else
-    printf("perplexity %.4f over %lld tokens (%s)\n", ppl, (long long)scored, engine->info().backend.c_str());
+    printf("perplexity %.4f over %lld tokens (%s%s%s)\n", ppl, (long long)scored, engine->info().backend.c_str(),
+           engine->info().quant.empty() ? "" : " ", engine->info().quant.c_str());
   return 0;
 }
 
