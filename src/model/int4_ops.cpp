@@ -125,6 +125,11 @@ std::unique_ptr<Linear> make_int4_linear(torch::Tensor packed) {
   return std::make_unique<Int4Linear>(std::move(packed));
 }
 
+bool int4_packed_shape_is(const torch::Tensor& packed, int64_t n, int64_t k) {
+  const kn::PackedWeights w = view_of(packed);
+  return w.n() == n && w.k() == k;
+}
+
 std::string int4_isa_name() { return kn::active_isa_name(); }
 
 }  // namespace cpuchat

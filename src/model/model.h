@@ -29,6 +29,7 @@ std::unique_ptr<Linear> make_torch_linear(torch::Tensor weight, Backend backend)
 // uint8 tensor: kernels header + packed blob); the linear quantizes x per call.
 torch::Tensor int4_pack(const torch::Tensor& weight, QuantScheme quant);
 std::unique_ptr<Linear> make_int4_linear(torch::Tensor packed);
+bool int4_packed_shape_is(const torch::Tensor& packed, int64_t n, int64_t k);
 // The kernel ISA level in use ("avx512vnni", ...).
 std::string int4_isa_name();
 

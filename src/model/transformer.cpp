@@ -42,6 +42,8 @@ Model::Model(Checkpoint ck, Backend backend, QuantScheme quant, PackedCache* pac
   auto make_linear = [&](const std::string& name, const torch::Tensor& w) -> std::unique_ptr<Linear> {
     if (backend != Backend::INT4) return make_torch_linear(w, backend);
     torch::Tensor packed = packed_cache ? packed_cache->find(name) : torch::Tensor();
+    if (packed.defined() && !int4_packed_shape_is(packed, w.size(0), w.size(1)))
+      throw std::runtime_error(packed_cache->path() + ": " + name + " has another shape than the checkpoint; delete the cache");
     if (!packed.defined()) {
       packed = int4_pack(w, quant);
       if (packed_cache) packed_cache->record(name, packed);
