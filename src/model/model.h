@@ -33,6 +33,11 @@ bool int4_packed_shape_is(const torch::Tensor& packed, int64_t n, int64_t k);
 // The kernel ISA level in use ("avx512vnni", ...).
 std::string int4_isa_name();
 
+// RoPE rotation of T consecutive positions: cos/sin [T, head_dim/2].
+struct RopeTable {
+  std::vector<float> cos, sin;
+};
+
 // Keys and values of every layer for one sequence: [n_layers, n_kv_heads, ctx, head_dim].
 struct KVCache {
   torch::Tensor k, v;
@@ -62,7 +67,8 @@ class Model {
     std::unique_ptr<Linear> wq, wk, wv, wo, w_gate, w_up, w_down;
   };
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const;
-  torch::Tensor apply_rope(const torch::Tensor& x, int start_pos) const;  // x [T, heads, head_dim]
+  RopeTable rope_table(int start_pos, int T) const;                 // cos/sin of T positions
+  void apply_rope(torch::Tensor& x, const RopeTable& rope) const;   // in place, x [T, heads, head_dim]
 
   ModelConfig config_;
   Backend backend_;
@@ -71,7 +77,7 @@ class Model {
   torch::Tensor final_norm_;
   std::vector<Layer> layers_;
   std::unique_ptr<Linear> head_;
-  torch::Tensor rope_inv_freq_;                     // [head_dim/2] float64, after llama3 scaling
+  std::vector<double> rope_inv_freq_;               // [head_dim/2], after llama3 scaling
   int64_t n_params_ = 0;
 };
 
