@@ -107,8 +107,10 @@ KVCache Model::new_cache(int ctx) const {
   const ModelConfig& c = config_;
   KVCache cache;
   cache.ctx = ctx;
-  cache.k = torch::zeros({c.n_layers, c.n_kv_heads, ctx, c.head_dim}, torch::kFloat32);
-  cache.v = torch::zeros({c.n_layers, c.n_kv_heads, ctx, c.head_dim}, torch::kFloat32);
+  // Not zeroed: attention reads only positions already written, and untouched pages cost
+  // no memory (an 8B model's 4096-token cache is 1 GB; zeroing it took ~0.3 s per session).
+  cache.k = torch::empty({c.n_layers, c.n_kv_heads, ctx, c.head_dim}, torch::kFloat32);
+  cache.v = torch::empty({c.n_layers, c.n_kv_heads, ctx, c.head_dim}, torch::kFloat32);
   return cache;
 }
 
