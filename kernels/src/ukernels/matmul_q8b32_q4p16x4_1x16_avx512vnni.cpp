@@ -22,9 +22,11 @@ namespace cpuchat::kernels::ukernel {
 namespace {
 using namespace x86;
 
-// How far ahead of the current chunk to prefetch (bytes); the hardware prefetcher does most
-// of the work, this keeps enough misses in flight at the start of each 4 KiB page.
-constexpr int64_t kPrefetchDistance = 2048;
+// No software prefetch: the hardware prefetcher follows the single sequential stream, and
+// prefetch instructions only take slots in the out-of-order window that keeps misses in
+// flight. Measured on one Zen 5 thread over a 295 MB matrix, alternating in one process:
+// 38.2 GB/s without, 36.5 GB/s with 2 KB-ahead T0 prefetch, 35.8-37.3 GB/s with 16-64 KB T1.
+// (A plain AVX-512 read of the same bytes: 44.6 GB/s; the gap is the compute per byte.)
 
 inline __m512 bf16x16_to_f32(__m256i v) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
@@ -58,9 +60,6 @@ inline void gemv_blocks(const Args& args, const uint8_t* first, float* y, int64_
       const __m512 a_scale0 = _mm512_set1_ps(a_scales[g]), a_scale1 = _mm512_set1_ps(a_scales[g + 1]);
       for (int j = 0; j < NB; ++j) {
         const uint8_t* chunk = first + j * args.block_bytes + (g / 2) * kChunkBytes;
-        for (int64_t p = 0; p < kChunkBytes; p += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(chunk + kPrefetchDistance + p), _MM_HINT_T0);
-        }
         const __m512i scales = _mm512_load_si512(chunk);
         const __m512 w0 = bf16x16_to_f32(_mm512_castsi512_si256(scales));
         const __m512 w1 = bf16x16_to_f32(_mm512_extracti64x4_epi64(scales, 1));
@@ -75,9 +74,6 @@ inline void gemv_blocks(const Args& args, const uint8_t* first, float* y, int64_
       const __m512 a_scale = _mm512_set1_ps(a_scales[g]);
       for (int j = 0; j < NB; ++j) {
         const uint8_t* wg = first + j * args.block_bytes + kRowScalesBytes + g * kGroupBytes;
-        for (int64_t p = 0; p < kGroupBytes; p += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(wg + kPrefetchDistance + p), _MM_HINT_T0);
-        }
         const __m512i d = group_dot(wg, a + g * kGroupSize, neg8[g]);
         acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), a_scale, acc[j]);
       }
