@@ -332,7 +332,7 @@ await check('page loads: models and instances listed, no errors, labelled contro
   assert(pageErrors.length === 0, `page errors: ${pageErrors.join(' | ')}`);
 });
 
-await check('chat: Enter sends, Shift+Enter adds a line, the answer streams and the five metrics show', async () => {
+await check('chat: Enter sends, Shift+Enter adds a line, the answer streams and the metrics show', async () => {
   await setSetting('#max-tokens', 300);
   await setSetting('#temperature', 0.8);
   await page.fill('#composer-input', 'Once upon a time');

@@ -57,7 +57,7 @@ test('number formatting: plain decimals, never exponent notation', () => {
   assert.equal(fmtUsd(0.000183), '$0.000183');
 });
 
-test('answer metrics: five labels, judged against the interactive bar', () => {
+test('answer metrics: labelled and judged against the interactive bar', () => {
   const m = { ttft_s: 1.5, decode_tokens_per_s: 9, completion_tokens: 11, total_time_s: 2.6,
     cost_per_million_tokens_usd: 29, total_cost_usd: 0.0007, price_per_hour_usd: 0.9424, instance: 'r8g.4xlarge' };
   const items = answerMetrics(m);
