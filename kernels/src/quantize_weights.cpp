@@ -1,0 +1,188 @@
+// Weight quantizers (the packer and the references use these): q4 symmetric with an
+// error-minimizing scale search (Q4G32, Q4C) and the Q4K super-block quantizer.
+//
+// Both searches minimize the weighted squared error sum_i c_i (w_i - w^_i)^2 with the K-quant
+// importance c_i = rms(block) + |w_i| (llama.cpp's quantize_row_q4_K_ref): large weights
+// matter more for the matmul error, but small ones are not ignored.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpuchat_kernels/reference.h"
+#include "quantize.h"
+
+namespace cpuchat::kernels {
+namespace {
+
+float round_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
+float round_fp16(float v) { return fp16_to_float(float_to_fp16(v)); }
+
+void importance(const float* w, int64_t count, float* c) {
+  double sum2 = 0.0;
+  for (int64_t i = 0; i < count; ++i) sum2 += double{w[i]} * w[i];
+  const float rms = static_cast<float>(std::sqrt(sum2 / static_cast<double>(std::max<int64_t>(count, 1))));
+  for (int64_t i = 0; i < count; ++i) c[i] = rms + std::fabs(w[i]);
+}
+
+// q = clamp(round(w / d), -8, 7); returns the weighted squared error.
+double quantize_symmetric_with(const float* w, const float* c, int64_t count, float d, int8_t* q) {
+  const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+  double err = 0.0;
+  for (int64_t i = 0; i < count; ++i) {
+    const float v = std::min(7.0f, std::max(-8.0f, detail::round_nearest_even(w[i] * inv)));
+    q[i] = static_cast<int8_t>(v);
+    const double e = double{w[i]} - double{d} * v;
+    err += c[i] * e * e;
+  }
+  return err;
+}
+
+}  // namespace
+
+float quantize_q4_absmax(const float* w, int64_t count, bool bf16_scale, int8_t* q) {
+  float extreme = 0.0f;  // the value of largest magnitude, with its sign
+  for (int64_t i = 0; i < count; ++i) {
+    if (std::fabs(w[i]) > std::fabs(extreme)) extreme = w[i];
+  }
+  float d = extreme / -8.0f;
+  if (bf16_scale) d = round_bf16(d);
+  const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+  for (int64_t i = 0; i < count; ++i) {
+    const float v = detail::round_nearest_even(w[i] * inv);
+    q[i] = static_cast<int8_t>(std::min(7.0f, std::max(-8.0f, v)));
+  }
+  return d;
+}
+
+float quantize_q4(const float* w, int64_t count, bool bf16_scale, int8_t* q) {
+  float d_best = quantize_q4_absmax(w, count, bf16_scale, q);
+  if (d_best == 0.0f || count <= 1) return d_best;
+  // Per-row (Q4C) calls can be long; groups are at most 32.
+  std::vector<float> c(static_cast<size_t>(count));
+  std::vector<int8_t> trial(static_cast<size_t>(count));
+  importance(w, count, c.data());
+  double err_best = quantize_symmetric_with(w, c.data(), count, d_best, q);
+  const float extreme = d_best * -8.0f;
+  // Candidate inverse scales -(8 + 0.1 s) / extreme around the absmax one, each refined by
+  // the least-squares scale for its rounding (the make_qx_quants search).
+  for (int s = -9; s <= 9; ++s) {
+    const float inv = -(8.0f + 0.1f * static_cast<float>(s)) / extreme;
+    double sum_cwq = 0.0, sum_cqq = 0.0;
+    for (int64_t i = 0; i < count; ++i) {
+      const float v = std::min(7.0f, std::max(-8.0f, detail::round_nearest_even(w[i] * inv)));
+      sum_cwq += double{c[i]} * w[i] * v;
+      sum_cqq += double{c[i]} * v * v;
+    }
+    if (sum_cqq <= 0.0) continue;
+    float d = static_cast<float>(sum_cwq / sum_cqq);
+    if (bf16_scale) d = round_bf16(d);
+    if (d == 0.0f || !std::isfinite(d)) continue;
+    const double err = quantize_symmetric_with(w, c.data(), count, d, trial.data());
+    if (err < err_best) {
+      err_best = err;
+      d_best = d;
+      std::copy(trial.begin(), trial.end(), q);
+    }
+  }
+  return d_best;
+}
+
+namespace {
+
+// One sub-block: w ~= scale * L - min_neg with L in [0, 15], scale >= 0, min_neg >= 0
+// (the offset never goes above the smallest value, as in Q4_K). make_qkx2_quants' search:
+// candidate inverse scales (15 + s/10 - 1) / (max - min), each refined by weighted least
+// squares for scale and offset; the offset is clamped to <= 0.
+void fit_scale_min(const float* x, const float* c, int n, float* scale_out, float* min_neg_out) {
+  float lo = x[0], hi = x[0];
+  double sum_c = 0.0, sum_cx = 0.0;
+  for (int i = 0; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+    sum_c += c[i];
+    sum_cx += double{c[i]} * x[i];
+  }
+  if (lo > 0.0f) lo = 0.0f;
+  if (hi == lo) {
+    *scale_out = 0.0f;
+    *min_neg_out = -lo;
+    return;
+  }
+  auto error_of = [&](float scale, float offset) {
+    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    double err = 0.0;
+    for (int i = 0; i < n; ++i) {
+      const float l = std::min(15.0f, std::max(0.0f, detail::round_nearest_even((x[i] - offset) * inv)));
+      const double e = double{scale} * l + offset - x[i];
+      err += c[i] * e * e;
+    }
+    return err;
+  };
+  float best_scale = (hi - lo) / 15.0f, best_offset = lo;
+  double best_err = error_of(best_scale, best_offset);
+  for (int s = 0; s <= 20; ++s) {
+    const float inv = (15.0f - 1.0f + 0.1f * static_cast<float>(s)) / (hi - lo);
+    double sum_l = 0.0, sum_l2 = 0.0, sum_xl = 0.0;
+    for (int i = 0; i < n; ++i) {
+      const float l = std::min(15.0f, std::max(0.0f, detail::round_nearest_even(inv * (x[i] - lo))));
+      sum_l += c[i] * l;
+      sum_l2 += c[i] * l * l;
+      sum_xl += c[i] * l * x[i];
+    }
+    const double det = sum_c * sum_l2 - sum_l * sum_l;
+    if (det <= 0.0) continue;
+    double scale = (sum_c * sum_xl - sum_cx * sum_l) / det;
+    double offset = (sum_l2 * sum_cx - sum_l * sum_xl) / det;
+    if (offset > 0.0) {
+      offset = 0.0;
+      scale = sum_l2 > 0.0 ? sum_xl / sum_l2 : 0.0;
+    }
+    if (!(scale > 0.0)) continue;
+    const double err = error_of(static_cast<float>(scale), static_cast<float>(offset));
+    if (err < best_err) {
+      best_err = err;
+      best_scale = static_cast<float>(scale);
+      best_offset = static_cast<float>(offset);
+    }
+  }
+  *scale_out = best_scale;
+  *min_neg_out = -best_offset;
+}
+
+}  // namespace
+
+Q4kSuperBlock quantize_q4k_super_block(const float* w, int64_t count) {
+  Q4kSuperBlock b;
+  float x[kSuperBlockSize] = {}, c[kSuperBlockSize] = {};
+  std::copy(w, w + std::min<int64_t>(count, kSuperBlockSize), x);
+  float scale[kGroupsPerSuperBlock], min_neg[kGroupsPerSuperBlock];
+  float max_scale = 0.0f, max_min = 0.0f;
+  for (int j = 0; j < kGroupsPerSuperBlock; ++j) {
+    importance(x + j * kGroupSize, kGroupSize, c + j * kGroupSize);
+    for (int i = j * kGroupSize; i < (j + 1) * kGroupSize; ++i) {
+      if (i >= count) c[i] = 0.0f;  // zero padding: its error does not matter
+    }
+    fit_scale_min(x + j * kGroupSize, c + j * kGroupSize, kGroupSize, &scale[j], &min_neg[j]);
+    max_scale = std::max(max_scale, scale[j]);
+    max_min = std::max(max_min, min_neg[j]);
+  }
+  // 6-bit sc and m against the fp16-ROUNDED super-scales, so their rounding is absorbed.
+  const float d = round_fp16(max_scale / 63.0f), dmin = round_fp16(max_min / 63.0f);
+  b.d = float_to_fp16(d);
+  b.dmin = float_to_fp16(dmin);
+  const float inv_d = d > 0.0f ? 1.0f / d : 0.0f, inv_dmin = dmin > 0.0f ? 1.0f / dmin : 0.0f;
+  for (int j = 0; j < kGroupsPerSuperBlock; ++j) {
+    b.sc[j] = static_cast<uint8_t>(std::min(63.0f, detail::round_nearest_even(scale[j] * inv_d)));
+    b.m[j] = static_cast<uint8_t>(std::min(63.0f, detail::round_nearest_even(min_neg[j] * inv_dmin)));
+    // Requantize against the values the kernels will use.
+    const float s = q4k_effective_scale(b.d, b.sc[j]), m = q4k_effective_min(b.dmin, b.m[j]);
+    const float inv_s = s > 0.0f ? 1.0f / s : 0.0f;
+    for (int i = j * kGroupSize; i < (j + 1) * kGroupSize; ++i) {
+      const float l = detail::round_nearest_even((x[i] + m) * inv_s);
+      b.q[i] = static_cast<uint8_t>(std::min(15.0f, std::max(0.0f, l)));
+    }
+  }
+  return b;
+}
+
+}  // namespace cpuchat::kernels
