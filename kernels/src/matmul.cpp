@@ -14,7 +14,7 @@ namespace {
 // Q4K has its own micro-kernels (files named q4kp...).
 ukernel::KernelSet q4k_kernels_for(LayoutId layout, IsaLevel level) {
   using namespace ukernel;
-#if defined(CPUCHAT_Q4K_ISA_KERNELS) && (defined(__x86_64__) || defined(_M_X64))
+#if defined(__x86_64__) || defined(_M_X64)
   if (layout == LayoutId::X86_N16K4) {
     if (level == IsaLevel::Avx512Vnni) {
       return {"matmul_q8b32_q4kp16x4_1x16_avx512vnni", matmul_q8b32_q4kp16x4_1x16_avx512vnni,
