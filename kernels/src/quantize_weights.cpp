@@ -14,6 +14,18 @@
 namespace cpuchat::kernels {
 namespace {
 
+// Sums of 32 products in 8 fixed lanes then lanes in order: the compiler vectorizes it
+// without reassociating anything, so results do not depend on the ISA.
+template <typename F>
+double lane_sum32(F term) {
+  float lanes[8] = {};
+  for (int i = 0; i < kGroupSize; i += 8)
+    for (int l = 0; l < 8; ++l) lanes[l] += term(i + l);
+  double s = 0.0;
+  for (float v : lanes) s += v;
+  return s;
+}
+
 float round_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
 float round_fp16(float v) { return fp16_to_float(float_to_fp16(v)); }
 
@@ -57,34 +69,54 @@ float quantize_q4_absmax(const float* w, int64_t count, bool bf16_scale, int8_t*
 float quantize_q4(const float* w, int64_t count, bool bf16_scale, int8_t* q) {
   float d_best = quantize_q4_absmax(w, count, bf16_scale, q);
   if (d_best == 0.0f || count <= 1) return d_best;
-  // Per-row (Q4C) calls can be long; groups are at most 32.
-  std::vector<float> c(static_cast<size_t>(count));
-  std::vector<int8_t> trial(static_cast<size_t>(count));
-  importance(w, count, c.data());
-  double err_best = quantize_symmetric_with(w, c.data(), count, d_best, q);
+  // Groups (<= 32) on the stack; per-row (Q4C) calls allocate once per row.
+  float c_small[kGroupSize];
+  std::vector<float> c_large;
+  float* c = c_small;
+  if (count > kGroupSize) {
+    c_large.resize(static_cast<size_t>(count));
+    c = c_large.data();
+  }
+  importance(w, count, c);
+  double sum_cww = 0.0;
+  for (int64_t i = 0; i < count; ++i) sum_cww += double{c[i]} * w[i] * w[i];
+  const double err_absmax = quantize_symmetric_with(w, c, count, d_best, q);
+  double err_best = err_absmax;
+  float d_found = 0.0f;
   const float extreme = d_best * -8.0f;
   // Candidate inverse scales -(8 + 0.1 s) / extreme around the absmax one, each refined by
-  // the least-squares scale for its rounding (the make_qx_quants search).
+  // the least-squares scale for its rounding L (the make_qx_quants search). The error of
+  // (d, L) has a closed form; requantizing with the chosen d afterwards can only lower it
+  // (nearest rounding is the best L for a given d), so the result never loses to absmax.
   for (int s = -9; s <= 9; ++s) {
+    if (s == 0) continue;  // that is the absmax rounding
     const float inv = -(8.0f + 0.1f * static_cast<float>(s)) / extreme;
     double sum_cwq = 0.0, sum_cqq = 0.0;
-    for (int64_t i = 0; i < count; ++i) {
-      const float v = std::min(7.0f, std::max(-8.0f, detail::round_nearest_even(w[i] * inv)));
-      sum_cwq += double{c[i]} * w[i] * v;
-      sum_cqq += double{c[i]} * v * v;
+    if (count == kGroupSize) {  // the Q4G32 case, vectorized
+      float v[kGroupSize];
+      for (int i = 0; i < kGroupSize; ++i) v[i] = std::min(7.0f, std::max(-8.0f, detail::round_nearest_even(w[i] * inv)));
+      sum_cwq = lane_sum32([&](int i) { return c[i] * w[i] * v[i]; });
+      sum_cqq = lane_sum32([&](int i) { return c[i] * v[i] * v[i]; });
+    } else {
+      for (int64_t i = 0; i < count; ++i) {
+        const float v = std::min(7.0f, std::max(-8.0f, detail::round_nearest_even(w[i] * inv)));
+        sum_cwq += double{c[i]} * w[i] * v;
+        sum_cqq += double{c[i]} * v * v;
+      }
     }
     if (sum_cqq <= 0.0) continue;
     float d = static_cast<float>(sum_cwq / sum_cqq);
     if (bf16_scale) d = round_bf16(d);
     if (d == 0.0f || !std::isfinite(d)) continue;
-    const double err = quantize_symmetric_with(w, c.data(), count, d, trial.data());
+    const double err = sum_cww - 2.0 * d * sum_cwq + double{d} * d * sum_cqq;
     if (err < err_best) {
       err_best = err;
-      d_best = d;
-      std::copy(trial.begin(), trial.end(), q);
+      d_found = d;
     }
   }
-  return d_best;
+  if (d_found == 0.0f) return d_best;
+  quantize_symmetric_with(w, c, count, d_found, q);
+  return d_found;
 }
 
 namespace {
@@ -93,14 +125,16 @@ namespace {
 // (the offset never goes above the smallest value, as in Q4_K). make_qkx2_quants' search:
 // candidate inverse scales (15 + s/10 - 1) / (max - min), each refined by weighted least
 // squares for scale and offset; the offset is clamped to <= 0.
-void fit_scale_min(const float* x, const float* c, int n, float* scale_out, float* min_neg_out) {
+void fit_scale_min(const float* x, const float* c, float* scale_out, float* min_neg_out) {
+  const int n = kGroupSize;
   float lo = x[0], hi = x[0];
-  double sum_c = 0.0, sum_cx = 0.0;
+  double sum_c = 0.0, sum_cx = 0.0, sum_cxx = 0.0;
   for (int i = 0; i < n; ++i) {
     lo = std::min(lo, x[i]);
     hi = std::max(hi, x[i]);
     sum_c += c[i];
     sum_cx += double{c[i]} * x[i];
+    sum_cxx += double{c[i]} * x[i] * x[i];
   }
   if (lo > 0.0f) lo = 0.0f;
   if (hi == lo) {
@@ -122,13 +156,11 @@ void fit_scale_min(const float* x, const float* c, int n, float* scale_out, floa
   double best_err = error_of(best_scale, best_offset);
   for (int s = 0; s <= 20; ++s) {
     const float inv = (15.0f - 1.0f + 0.1f * static_cast<float>(s)) / (hi - lo);
-    double sum_l = 0.0, sum_l2 = 0.0, sum_xl = 0.0;
-    for (int i = 0; i < n; ++i) {
-      const float l = std::min(15.0f, std::max(0.0f, detail::round_nearest_even(inv * (x[i] - lo))));
-      sum_l += c[i] * l;
-      sum_l2 += c[i] * l * l;
-      sum_xl += c[i] * l * x[i];
-    }
+    float l[kGroupSize];
+    for (int i = 0; i < kGroupSize; ++i) l[i] = std::min(15.0f, std::max(0.0f, detail::round_nearest_even(inv * (x[i] - lo))));
+    const double sum_l = lane_sum32([&](int i) { return c[i] * l[i]; });
+    const double sum_l2 = lane_sum32([&](int i) { return c[i] * l[i] * l[i]; });
+    const double sum_xl = lane_sum32([&](int i) { return c[i] * l[i] * x[i]; });
     const double det = sum_c * sum_l2 - sum_l * sum_l;
     if (det <= 0.0) continue;
     double scale = (sum_c * sum_xl - sum_cx * sum_l) / det;
@@ -138,7 +170,10 @@ void fit_scale_min(const float* x, const float* c, int n, float* scale_out, floa
       scale = sum_l2 > 0.0 ? sum_xl / sum_l2 : 0.0;
     }
     if (!(scale > 0.0)) continue;
-    const double err = error_of(static_cast<float>(scale), static_cast<float>(offset));
+    // Error of (scale, offset) with this rounding L, in closed form (as make_qkx2_quants
+    // scores candidates with their own L; the final q is re-rounded later).
+    const double err = scale * scale * sum_l2 + offset * offset * sum_c + sum_cxx + 2.0 * scale * offset * sum_l -
+                       2.0 * scale * sum_xl - 2.0 * offset * sum_cx;
     if (err < best_err) {
       best_err = err;
       best_scale = static_cast<float>(scale);
@@ -162,7 +197,7 @@ Q4kSuperBlock quantize_q4k_super_block(const float* w, int64_t count) {
     for (int i = j * kGroupSize; i < (j + 1) * kGroupSize; ++i) {
       if (i >= count) c[i] = 0.0f;  // zero padding: its error does not matter
     }
-    fit_scale_min(x + j * kGroupSize, c + j * kGroupSize, kGroupSize, &scale[j], &min_neg[j]);
+    fit_scale_min(x + j * kGroupSize, c + j * kGroupSize, &scale[j], &min_neg[j]);
     max_scale = std::max(max_scale, scale[j]);
     max_min = std::max(max_min, min_neg[j]);
   }
