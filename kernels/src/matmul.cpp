@@ -26,7 +26,7 @@ ukernel::KernelSet q4k_kernels_for(LayoutId layout, IsaLevel level) {
     }
   }
 #endif
-#if defined(CPUCHAT_Q4K_ISA_KERNELS) && defined(__aarch64__)
+#if defined(__aarch64__)
   if (layout == LayoutId::ARM_N8K8) {
     if (level == IsaLevel::I8mm) {
       return {"matmul_q8b32_q4kp8x8_1x8_neon_dotprod", matmul_q8b32_q4kp8x8_1x8_neon_dotprod,
