@@ -24,7 +24,7 @@ const char* kModelUsage =
     "  --model PATH       HF dir, Meta dir, llama2.c .bin or .gguf\n"
     "  --tokenizer FILE   tokenizer override (required for llama2.c .bin)\n"
     "  --backend B        int4 (default for chat/serve), bf16 or fp32\n"
-    "  --quant Q          int4 weights: q4g32 (default) or q4c\n"
+    "  --quant Q          int4 weights: q4g32 (default), q4c or q4k\n"
     "  --threads N        default: physical cores\n"
     "  --ctx N            context length (default: min(model, 4096))\n"
     "  --cache-packed     save/load the int4-packed weights next to the model\n";

@@ -1,10 +1,15 @@
-// GGUF (v2/v3) files with float tensors (F32, F16, BF16) of the llama architecture,
-// and the tokenizer they embed. Layout: magic "GGUF", version, tensor and key/value
+// GGUF (v2/v3) files of the llama architecture with float tensors (F32, F16, BF16) or
+// quantized ones (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K: decoded by gguf_quant.cpp
+// to fp32; Q4_K tensors also keep their blocks for an exact q4k repack), and the tokenizer
+// they embed. Layout: magic "GGUF", version, tensor and key/value
 // counts, the key/values, the tensor infos, then aligned tensor data we view via mmap.
 #include <stdexcept>
 #include <variant>
 
+#include <spdlog/spdlog.h>
+
 #include "model/checkpoint.h"
+#include "model/gguf_quant.h"
 
 namespace cpuchat {
 
@@ -89,6 +94,32 @@ double as_number(const GgufValue& v) {
   throw std::runtime_error("not a number");
 }
 
+// For every Q4_K tensor, tells the int4 packer where its blocks are (and, for q/k, which block
+// row each reordered row came from), so q4k can repack it without a float round trip.
+template <typename Infos>
+void register_exact_q4k_sources(Checkpoint& ck, const Infos& infos, const TensorNaming& names, const std::shared_ptr<MappedFile>& mf, uint64_t data_start) {
+  const ModelConfig& c = ck.config;
+  std::map<std::string, std::pair<std::string, int>> hf_of = {{names.embed, {"model.embed_tokens.weight", 0}},
+                                                             {names.head, {"lm_head.weight", 0}}};
+  for (int l = 0; l < c.n_layers; ++l)
+    for (int i = 0; i < 9; ++i)
+      hf_of[names.layer_prefix + std::to_string(l) + "." + names.layer[i]] = {
+          layer_tensor(l, kLayerTensorSuffixes[i]), i == 2 ? c.n_heads : i == 3 ? c.n_kv_heads : 0};
+  for (const auto& info : infos) {
+    auto it = hf_of.find(info.name);
+    if (info.ggml_type != gguf::kQ4_K || it == hf_of.end() || !ck.tensors.count(it->second.first)) continue;
+    const torch::Tensor& w = ck.tensors.at(it->second.first);
+    if (w.dim() != 2) continue;
+    gguf::ExactQ4kSource src{mf, mf->data() + data_start + info.offset, w.size(0), w.size(1), {}};
+    if (int heads = it->second.second; heads > 0) {  // rows were reordered like the weights
+      torch::Tensor rows = torch::arange(w.size(0), torch::kFloat64).view({w.size(0), 1});
+      torch::Tensor order = interleaved_to_rotate_half(rows, heads).view({-1}).to(torch::kInt64);
+      src.source_row.assign(order.data_ptr<int64_t>(), order.data_ptr<int64_t>() + w.size(0));
+    }
+    gguf::register_exact_q4k(w, std::move(src));
+  }
+}
+
 }  // namespace
 
 Checkpoint load_gguf_checkpoint(const std::string& file) {
@@ -152,8 +183,9 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
   }
 
   // Tensor infos.
-  struct Info { std::string name; std::vector<int64_t> shape; torch::ScalarType dtype; uint64_t offset; };
+  struct Info { std::string name; std::vector<int64_t> shape; torch::ScalarType dtype; uint64_t offset; uint32_t ggml_type; };
   std::vector<Info> infos;
+  std::map<std::string, int> type_counts;
   for (uint64_t i = 0; i < n_tensors; ++i) {
     Info info;
     info.name = r.read_string();
@@ -166,12 +198,17 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
     }
     info.shape.assign(ne.rbegin(), ne.rend());  // GGUF lists the fastest-varying dimension first
     const uint32_t type = r.read<uint32_t>();
+    info.ggml_type = type;
+    if (gguf::quant_type(type) != nullptr) type_counts[gguf::quant_type(type)->name]++;
     switch (type) {
       case 0: info.dtype = torch::kFloat32; break;
       case 1: info.dtype = torch::kFloat16; break;
       case 30: info.dtype = torch::kBFloat16; break;
-      default: r.fail("tensor " + info.name + " has unsupported ggml type " + std::to_string(type) +
-                      " (supported: F32, F16, BF16; quantized GGUF files are not)");
+      default:
+        if (gguf::quant_type(type) == nullptr)
+          r.fail("tensor " + info.name + " has unsupported ggml type " + std::to_string(type) +
+                 " (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)");
+        info.dtype = torch::kFloat32;  // decoded to fp32 below
     }
     info.offset = r.read<uint64_t>();
     infos.push_back(info);
@@ -184,11 +221,24 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
   for (const auto& info : infos) {
     int64_t numel = 1;
     for (int64_t d : info.shape) numel *= d;
-    const uint64_t nbytes = uint64_t(numel) * c10::elementSize(info.dtype);
+    const bool quantized = gguf::quant_type(info.ggml_type) != nullptr;
+    const int64_t row = info.shape.back();
+    uint64_t nbytes = uint64_t(numel) * c10::elementSize(info.dtype);
+    if (quantized) {
+      try {
+        nbytes = gguf::quantized_bytes(info.ggml_type, numel / row, row, info.name);
+      } catch (const std::exception& e) {
+        r.fail(e.what());
+      }
+    }
     if (data_start + info.offset + nbytes > mf->size())
       r.fail("tensor " + info.name + " lies past the end of the file (truncated?)");
     void* p = const_cast<uint8_t*>(mf->data() + data_start + info.offset);
-    raw[info.name] = torch::from_blob(p, info.shape, info.dtype);
+    if (quantized) {
+      raw[info.name] = gguf::dequantize(info.ggml_type, static_cast<const uint8_t*>(p), numel / row, row).view(info.shape);
+    } else {
+      raw[info.name] = torch::from_blob(p, info.shape, info.dtype);
+    }
   }
   ck.files.push_back(mf);
 
@@ -204,6 +254,14 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
     c.vocab_size = int(ck.tensors["model.embed_tokens.weight"].size(0));
   ck.validate();
   reorder_qk_to_rotate_half(ck);  // llama.cpp's converter stores q/k in interleaved-pair order
+  if (!type_counts.empty()) {
+    register_exact_q4k_sources(ck, infos, kGgufNames, mf, data_start);
+    std::string counts;
+    for (const auto& [name, count] : type_counts) counts += " " + name + " x" + std::to_string(count);
+    spdlog::info("{}: quantized tensors:{} decoded to fp32 (the int4 backend requantizes them to its scheme; "
+                 "Q4_K with --quant q4k is repacked exactly, without the float round trip)",
+                 file, counts);
+  }
 
   // The embedded tokenizer.
   c.bos_id = int(num("tokenizer.ggml.bos_token_id", -1));

@@ -41,7 +41,7 @@ LayoutId layout_for_isa(IsaLevel level);
 // use them later from an mmap through PackedWeights::view).
 struct PackedHeader {
   static constexpr uint32_t kMagic = 0x34514343;  // "CCQ4"
-  static constexpr uint32_t kVersion = 1;
+  static constexpr uint32_t kVersion = 2;  // 2: q4g32/q4c scales searched (same bytes), q4k
   uint32_t magic = kMagic;
   uint32_t version = kVersion;
   int64_t n = 0;            // output channels (rows of W)
