@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "engine/cpus.h"
 #include "engine/sampler.h"
 #include "model/make_model.h"
 #include "model/packed_cache.h"
@@ -156,7 +157,7 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& opts) {
   std::unique_ptr<Engine> engine(new Engine());
   Impl& e = *engine->impl_;
 
-  const int threads = opts.threads > 0 ? opts.threads : physical_cores();
+  const int threads = thread_count(opts.threads);  // capped at the CPUs we may use
   at::set_num_threads(threads);
 
   Checkpoint ck = opts.synthetic.empty() ? load_checkpoint(opts.model_path)

@@ -568,10 +568,13 @@ TEST_F(GgufQuant, BadQuantizedTensorsAreOneLineErrors) {
   expect_error(q, "past the end", 300);  // the last Q6_K tensor loses a block and a half
   Gguf bad = q;
   bad.tensors[0].ne = {128, 1024};  // Q5_K rows of 128 values
-  expect_error(bad, "not a multiple of the 256-value block");
+  expect_error(bad, "not a multiple of the Q5_K block of 256");
   bad = q;
   bad.tensors[0].type = Type(99);
-  expect_error(bad, "unsupported ggml type 99");
+  expect_error(bad, "unknown ggml type 99");
+  bad = q;
+  bad.tensors[0].type = Type(10);  // Q2_K: a real ggml type, not one we decode
+  expect_error(bad, "unsupported ggml type Q2_K");
   bad = q;
   bad.kv[0] = kv_str("general.architecture", "qwen2");
   expect_error(bad, "unsupported architecture");
