@@ -120,20 +120,23 @@ test('8 concurrent streams are batched into shared steps; cancelling each frees 
   const before = await metric(srv.url, `cpuchat_step_sequences_count{model="${model}"}`);
   const streams = await Promise.all(Array.from({ length: 8 }, (_, i) => ai.chat.completions.create({
     messages: [{ role: 'user', content: `Tell me story number ${i} about a cat.` }],
-    max_tokens: 64, ignore_eos: true, temperature: 0, stream: true, stream_options: { include_usage: true } })));
+    max_tokens: 320, ignore_eos: true, temperature: 0, stream: true, stream_options: { include_usage: true } })));
   const results = await Promise.all(streams.map(collect));
+  let shared = 0;
   for (const chunks of results) {
     const text = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
     const finish = chunks.find((c) => c.choices[0]?.finish_reason);
     assert.equal(finish.choices[0].finish_reason, 'length');
-    assert.equal(chunks.at(-1).usage.completion_tokens, 64);
-    assert.equal(finish.metrics.completion_tokens, 64);
+    assert.equal(chunks.at(-1).usage.completion_tokens, 320);
+    assert.equal(finish.metrics.completion_tokens, 320);
     assert.ok(text.length > 0);
-    // Shared steps: billed a fraction of the wall time, and the instance produced more than this stream.
-    assert.ok(finish.metrics.mean_batch_size > 2, JSON.stringify(finish.metrics));
-    assert.ok(finish.metrics.billed_time_s < finish.metrics.total_time_s, JSON.stringify(finish.metrics));
-    assert.ok(finish.metrics.instance_decode_tokens_per_s > finish.metrics.decode_tokens_per_s, JSON.stringify(finish.metrics));
+    const m = finish.metrics;
+    assert.ok(m.billed_time_s <= m.total_time_s, JSON.stringify(m));
+    // Shared steps: billed a fraction of the wall time; the instance produced more than this stream.
+    if (m.mean_batch_size > 2 && m.billed_time_s < 0.6 * m.total_time_s &&
+        m.instance_decode_tokens_per_s > 1.5 * m.decode_tokens_per_s) ++shared;
   }
+  assert.ok(shared >= 6, `only ${shared} of 8 streams shared their steps`);
   // The step histogram shows it: most steps of this burst carried >= 4 sequences.
   const count = (await metric(srv.url, `cpuchat_step_sequences_count{model="${model}"}`)) - before;
   const small = await metric(srv.url, `cpuchat_step_sequences_bucket{model="${model}",le="3"}`);
