@@ -129,6 +129,21 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
   const int eos = integer("tokenizer.ggml.eos_token_id", -1);
   if (eos >= 0) c.eos_ids = {eos};
   ck.embedded_tokenizer = gguf_tokenizer(g, file, c.bos_id, eos);
+  // The file's own chat template, when it has one, tells the family (the vocabulary alone
+  // cannot tell a base model from a chat model): Llama 3 headers, or Llama 2's [INST].
+  if (const std::string tmpl = str("tokenizer.chat_template"); ck.embedded_tokenizer && !tmpl.empty()) {
+    Tokenizer& tok = *ck.embedded_tokenizer;
+    if (tmpl.find("<|start_header_id|>") != std::string::npos && tok.special_id("<|start_header_id|>") &&
+        tok.special_id("<|end_header_id|>") && tok.special_id("<|eot_id|>")) {
+      tok.chat_format = ChatFormat::Llama3;
+    } else if (tmpl.find("[INST]") != std::string::npos) {
+      tok.chat_format = ChatFormat::Llama2;
+    } else {
+      tok.chat_format = ChatFormat::Plain;
+      spdlog::warn("{}: tokenizer.chat_template is of no family we render (Llama 3, Llama 2): chats use the plain format",
+                   file);
+    }
+  }
   return ck;
 }
 

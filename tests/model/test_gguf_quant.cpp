@@ -554,6 +554,24 @@ TEST_F(GgufQuant, KQuantsDecodeExactlyAndQ4kRepacksWithoutFloats) {
   EXPECT_LT(rel_rms(l_q4k, lf), 0.6 * rel_rms(l_g32, lf));
 }
 
+// tokenizer.chat_template picks the chat family: the 512-piece TinyStories vocabulary alone
+// says "plain", a Llama 2 [INST] template says Llama 2.
+TEST_F(GgufQuant, ChatTemplateMetadataChoosesTheChatFamily) {
+  Gguf g = read_gguf(kShared + "/models/gguf/stories260K.gguf");
+  auto format_of = [&](const Gguf& file) {
+    write_gguf(dir_ / "t.gguf", file);
+    LoadOptions o;
+    o.model_path = (dir_ / "t.gguf").string();
+    o.backend = Backend::FP32;
+    return Engine::load(o)->tokenizer().chat_format;
+  };
+  EXPECT_EQ(format_of(g), ChatFormat::Plain);
+  g.kv.push_back(kv_str("tokenizer.chat_template", "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"));
+  EXPECT_EQ(format_of(g), ChatFormat::Llama2);
+  g.kv.back() = kv_str("tokenizer.chat_template", "{{ '<|start_header_id|>' }}");  // but no such tokens here
+  EXPECT_EQ(format_of(g), ChatFormat::Plain);
+}
+
 TEST_F(GgufQuant, BadQuantizedTensorsAreOneLineErrors) {
   Gguf decoded;
   Gguf q = random_k_model(read_gguf(kShared + "/models/gguf/stories260K.gguf"), &decoded);
