@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cpuchat/constraint.h"
 #include "cpuchat/tokenizer.h"
 
 namespace cpuchat {
@@ -71,6 +72,8 @@ struct GenerateRequest {
   std::vector<std::string> stop;        // stop strings (not included in the output)
   bool ignore_eos = false;
   int top_logprobs = -1;                // -1: no logprobs; 0..20: logprob of the chosen token + this many alternatives
+  // Grammar / JSON Schema / tool-call constraint and logit_bias (src/engine/token_constraint.h); null: free.
+  std::shared_ptr<TokenConstraint> constraint;
 };
 
 struct TokenLogprob {

@@ -24,6 +24,7 @@ const char* kUsage =
     "  perplexity  perplexity of a text file\n"
     "  make-model  write a random-weight HF checkpoint of a known shape\n"
     "  bench       before/after benchmark (tokens/s, TTFT, roofline, cost)\n"
+    "  bench-constrained  grammar-constrained vs free decoding, per-token cost\n"
     "run 'cpuchat <command> --help' for its flags\n";
 
 }  // namespace
@@ -49,7 +50,7 @@ int main(int argc, char** argv) {
       {"generate", cpuchat::generate_command},     {"logits", cpuchat::logits_command},
       {"tokenize", cpuchat::tokenize_command},     {"detokenize", cpuchat::detokenize_command},
       {"perplexity", cpuchat::perplexity_command}, {"make-model", cpuchat::make_model_command},
-      {"bench", cpuchat::bench_command},
+      {"bench", cpuchat::bench_command},           {"bench-constrained", cpuchat::bench_constrained_command},
   };
   for (const Entry& e : commands) {
     if (cmd != e.name) continue;

@@ -340,6 +340,8 @@ GenerateResult Session::generate(const GenerateRequest& req, const std::function
     std::optional<TokenLogprob> lp;
     std::vector<float> raw;
     if (req.top_logprobs >= 0) raw = row;  // logprobs describe the model, before penalties
+    if (req.constraint)  // budget: max_tokens, or the context end (the token sampled at a full cache still counts)
+      req.constraint->mask(row.data(), vocab, std::min(req.max_tokens - int(result.ids.size()), ctx - int(s.cached.size()) + 1));
     const int id = sampler.sample(row, history, result.ids);
     t_last = Clock::now();
     if (result.ids.empty() && !stopped) t_first = t_last;
@@ -354,6 +356,7 @@ GenerateResult Session::generate(const GenerateRequest& req, const std::function
       result.finish_reason = "stop";
       break;
     }
+    if (req.constraint) req.constraint->accept(id);
     result.ids.push_back(id);
     history.push_back(id);
     if (lp) result.logprobs.push_back(*lp);
@@ -367,7 +370,7 @@ GenerateResult Session::generate(const GenerateRequest& req, const std::function
       result.finish_reason = "cancelled";
       break;
     }
-    if (stopped) {
+    if (stopped || (req.constraint && req.constraint->finished())) {
       result.finish_reason = "stop";
       break;
     }

@@ -35,6 +35,7 @@ class EngineModel final : public ServedModel {
     return ids;
   }
   std::string token_bytes(int id) const override { return engine_->tokenizer().token_bytes(id); }
+  const Tokenizer* tokenizer() const override { return engine_->has_tokenizer() ? &engine_->tokenizer() : nullptr; }
   std::unique_ptr<GenerationSession> new_session() override {
     return std::make_unique<EngineSession>(engine_->new_session());
   }

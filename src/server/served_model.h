@@ -32,6 +32,9 @@ class ServedModel {
   // Raw bytes of one token (for logprob alternatives).
   virtual std::string token_bytes(int id) const = 0;
   virtual std::unique_ptr<GenerationSession> new_session() = 0;
+  // The tokenizer, for tool prompts and constrained decoding; null when there is none
+  // (a scripted test model), and then those features answer 400.
+  virtual const Tokenizer* tokenizer() const { return nullptr; }
 };
 
 // Loads a cpuchat::Engine (throws std::runtime_error like Engine::load).
