@@ -120,7 +120,8 @@ std::vector<int> encode_chat(const Tokenizer& tok, const std::vector<ChatMessage
 //           system turn; tool calls as {"name": ..., "parameters": ...}; tool results in an
 //           ipython turn (JSON-encoded); several calls in one turn go on separate lines.
 // The other formats have no tool syntax: tool definitions, calls and results become text
-// (the Llama 3.1 instruction in the first user message, calls as JSON, results as user turns).
+// (the Llama 3.1 instruction in the first user message, calls as JSON, results as user turns);
+// Plain (base models) gets the calls and results but no tool instructions.
 // Roles other than system/user/assistant/tool throw std::invalid_argument, as does a bad
 // tool call (arguments that are not a JSON object) or tools without a user message.
 std::string render_chat(ChatFormat format, const std::vector<ChatMessage>& messages,

@@ -347,8 +347,10 @@ void parse_output_options(const nlohmann::ordered_json& body, OutputOptions& o) 
       else throw invalid("tool_choice", "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", ...}, got " + tc->dump());
     } else if (tc->is_object()) {
       auto f = tc->find("function");
-      auto name = f != tc->end() && f->is_object() ? f->find("name") : tc->end();
-      if (tc->value("type", "") != "function" || name == tc->end() || !name->is_string())
+      const ojson* name = nullptr;
+      if (f != tc->end() && f->is_object())
+        if (auto n = f->find("name"); n != f->end() && n->is_string()) name = &*n;
+      if (tc->value("type", "") != "function" || !name)
         throw invalid("tool_choice", "'tool_choice' as an object must be {\"type\": \"function\", \"function\": {\"name\": ...}}");
       o.tool_choice = ToolChoice::Function;
       o.tool_choice_name = name->get<std::string>();

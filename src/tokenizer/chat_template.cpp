@@ -205,11 +205,12 @@ void layout_llama31(Layout& out, std::vector<ChatMessage> messages, bool add_gen
   }
 }
 
-// Formats without tool syntax: tools, calls and results as plain turns.
-std::vector<ChatMessage> lower_tools(const std::vector<ChatMessage>& messages, const ChatTools& tools) {
+// Formats without tool syntax: tools, calls and results as plain turns. Base models (Plain)
+// get no tool instructions: they cannot follow them, and a story model's context is short.
+std::vector<ChatMessage> lower_tools(const std::vector<ChatMessage>& messages, const ChatTools& tools, bool instructions) {
   std::vector<ChatMessage> out;
   const ordered_json defs = tool_definitions(tools);
-  bool tools_placed = defs.is_null();
+  bool tools_placed = defs.is_null() || !instructions;
   for (const ChatMessage& m : messages) {
     ChatMessage plain{m.role == "tool" ? "user" : m.role, m.content, {}, ""};
     if (!m.tool_calls.empty()) {
@@ -305,7 +306,7 @@ Layout layout_chat(ChatFormat format, const std::vector<ChatMessage>& messages, 
   }
   bool tool_turns = tools.any();
   for (const ChatMessage& m : messages) tool_turns = tool_turns || m.role == "tool" || !m.tool_calls.empty();
-  const std::vector<ChatMessage> plain = tool_turns ? lower_tools(messages, tools) : messages;
+  const std::vector<ChatMessage> plain = tool_turns ? lower_tools(messages, tools, format != ChatFormat::Plain) : messages;
   switch (format) {
     case ChatFormat::Llama31:
     case ChatFormat::Llama3: layout_llama3(out, plain, add_generation_prompt); break;

@@ -113,11 +113,14 @@ TEST(ChatTemplateLlama31, BadToolInputsThrow) {
 }
 
 // Formats without tool syntax get the same information as text.
-TEST(ChatTemplateTools, PlainFormatGetsToolsAsText) {
+TEST(ChatTemplateTools, OtherFormatsGetToolsAsText) {
   cpuchat::ChatTools tools;
   tools.definitions_json = R"([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])";
   std::vector<cpuchat::ChatMessage> m = {{"user", "Call f."}, {"assistant", "", {{"a", "f", R"({"x": 1})"}}, ""}, {"tool", "done", {}, "a"}};
-  const std::string p = cpuchat::render_chat(cpuchat::ChatFormat::Plain, m, true, tools);
-  EXPECT_EQ(p.find("Given the following functions"), 0u) << p;
-  EXPECT_NE(p.find("Call f. {\"name\": \"f\", \"parameters\": {\"x\": 1}} done"), std::string::npos) << p;
+  const std::string llama2 = cpuchat::render_chat(cpuchat::ChatFormat::Llama2, m, true, tools);
+  EXPECT_EQ(llama2.find("<s>[INST] Given the following functions"), 0u) << llama2;
+  EXPECT_NE(llama2.find("\"name\": \"f\",\n"), std::string::npos) << llama2;  // the definition, indented
+  EXPECT_NE(llama2.find("Call f. [/INST] {\"name\": \"f\", \"parameters\": {\"x\": 1}} </s><s>[INST] done [/INST]"), std::string::npos) << llama2;
+  // A base model gets the turns as text, without instructions it cannot follow.
+  EXPECT_EQ(cpuchat::render_chat(cpuchat::ChatFormat::Plain, m, true, tools), "Call f. {\"name\": \"f\", \"parameters\": {\"x\": 1}} done");
 }
