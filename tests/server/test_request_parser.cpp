@@ -233,8 +233,9 @@ TEST(RequestParser, ToolMessages) {
 }
 
 TEST(RequestParser, ResponseFormatGrammarAndLogitBias) {
-  ChatRequest r = parse_chat_request(chat({{"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "x"}, {"schema", {{"type", "object"}}}}}}}},
-                                           {"logit_bias", {{"15", -100}, {"7", 2.5}}}}));
+  json extra = json::parse(R"({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+                               "logit_bias": {"15": -100, "7": 2.5}})");
+  ChatRequest r = parse_chat_request(chat(extra));
   EXPECT_EQ(r.params.output.response_format, ResponseFormat::JsonSchema);
   EXPECT_EQ(r.params.output.json_schema["type"], "object");
   EXPECT_TRUE(r.params.output.constrained());
