@@ -87,6 +87,9 @@ int body(const Args& a) {
   fprintf(stderr, "%s %s, %d threads, vocabulary %d (trie of %zu nodes built in %.0f ms)\n", info.name.c_str(), info.backend.c_str(),
           info.threads, tok.vocab_size(), trie->nodes.size(), trie_s * 1e3);
 
+  const uint32_t shortest = GrammarConstraint(grammar, trie).min_tokens();
+  if (uint32_t(gen) < shortest)
+    throw UsageError("--gen-tokens " + std::to_string(gen) + " is below the shortest valid answer (" + std::to_string(shortest) + " tokens)");
   std::vector<int> prompt = encode_chat(tok, {{"user", "Describe a person as JSON."}});
   std::vector<double> free_tps, constrained_tps, constraint_ms, masks;
   std::string sample;
@@ -117,7 +120,7 @@ int body(const Args& a) {
   // The same answer's tokens replayed through fresh constraints without the model: the
   // constraint's cost alone (trie walks included: every replay starts with an empty mask
   // cache), the fastest of 5 so that other load on the machine counts least.
-  double replay_ms = 1e30;
+  double replay_ms = 0;
   std::vector<float> logits(info.vocab_size);
   for (int k = 0; k < 5 && !sample_ids.empty(); ++k) {
     GrammarConstraint c(grammar, trie);
@@ -127,7 +130,8 @@ int body(const Args& a) {
       c.mask(logits.data(), info.vocab_size, gen - int(i));
       c.accept(sample_ids[i]);
     }
-    replay_ms = std::min(replay_ms, std::chrono::duration<double>(Clock::now() - t).count() * 1e3 / sample_ids.size());
+    const double ms = std::chrono::duration<double>(Clock::now() - t).count() * 1e3 / sample_ids.size();
+    replay_ms = k == 0 ? ms : std::min(replay_ms, ms);
   }
   const double free_med = median(free_tps), con_med = median(constrained_tps), ms = median(constraint_ms);
   const double free_ms_per_token = 1e3 / std::max(1e-9, free_med);

@@ -60,6 +60,14 @@ std::string trim(const std::string& s) {
   return s.substr(first, s.find_last_not_of(space) - first + 1);
 }
 
+// The header of a Llama 3 turn: <|start_header_id|>{role}<|end_header_id|>\n\n
+void llama3_header(Layout& out, const std::string& role) {
+  out.special("<|start_header_id|>");
+  out.text(role);
+  out.special("<|end_header_id|>");
+  out.text("\n\n");
+}
+
 void check_roles(const std::vector<ChatMessage>& messages) {
   for (const ChatMessage& m : messages)
     if (m.role != "system" && m.role != "user" && m.role != "assistant" && m.role != "tool")
@@ -140,10 +148,8 @@ void layout_llama31(Layout& out, std::vector<ChatMessage> messages, bool add_gen
     system_message = trim(messages[0].content);
     messages.erase(messages.begin());
   }
-  out.special("<|start_header_id|>");
-  out.text("system");
-  out.special("<|end_header_id|>");
-  std::string sys = "\n\n";
+  llama3_header(out, "system");
+  std::string sys;
   if (have_builtin || have_tools) sys += "Environment: ipython\n";
   if (have_builtin) {
     std::string names;
@@ -159,18 +165,13 @@ void layout_llama31(Layout& out, std::vector<ChatMessage> messages, bool add_gen
     if (messages.empty()) throw std::invalid_argument("tools go in the first user message, but there is none");
     const std::string first_user = trim(messages[0].content);
     messages.erase(messages.begin());
-    out.special("<|start_header_id|>");
-    out.text("user");
-    out.special("<|end_header_id|>");
-    out.text("\n\n" + std::string(kToolsInUserPrompt) + tool_list(defs) + first_user);
+    llama3_header(out, "user");
+    out.text(kToolsInUserPrompt + tool_list(defs) + first_user);
     out.special("<|eot_id|>");
   }
   for (const ChatMessage& m : messages) {
     if (!m.tool_calls.empty()) {
-      out.special("<|start_header_id|>");
-      out.text("assistant");
-      out.special("<|end_header_id|>");
-      out.text("\n\n");
+      llama3_header(out, "assistant");
       // Llama 3.1 makes one call per turn; several (parallel calls in history) go one per line.
       for (size_t i = 0; i < m.tool_calls.size(); ++i) {
         const ChatToolCall& call = m.tool_calls[i];
@@ -184,25 +185,16 @@ void layout_llama31(Layout& out, std::vector<ChatMessage> messages, bool add_gen
       }
       out.special(have_builtin ? "<|eom_id|>" : "<|eot_id|>");
     } else if (m.role == "tool") {
-      out.special("<|start_header_id|>");
-      out.text("ipython");
-      out.special("<|end_header_id|>");
-      out.text("\n\n" + ordered_json(m.content).dump());  // a string result is itself JSON-encoded
+      llama3_header(out, "ipython");
+      out.text(ordered_json(m.content).dump());  // a string result is itself JSON-encoded
       out.special("<|eot_id|>");
     } else {
-      out.special("<|start_header_id|>");
-      out.text(m.role);
-      out.special("<|end_header_id|>");
-      out.text("\n\n" + trim(m.content));
+      llama3_header(out, m.role);
+      out.text(trim(m.content));
       out.special("<|eot_id|>");
     }
   }
-  if (add_generation_prompt) {
-    out.special("<|start_header_id|>");
-    out.text("assistant");
-    out.special("<|end_header_id|>");
-    out.text("\n\n");
-  }
+  if (add_generation_prompt) llama3_header(out, "assistant");
 }
 
 // Formats without tool syntax: tools, calls and results as plain turns. Base models (Plain)
@@ -231,18 +223,11 @@ std::vector<ChatMessage> lower_tools(const std::vector<ChatMessage>& messages, c
 void layout_llama3(Layout& out, const std::vector<ChatMessage>& messages, bool add_generation_prompt) {
   out.bos();
   for (const ChatMessage& m : messages) {
-    out.special("<|start_header_id|>");
-    out.text(m.role);
-    out.special("<|end_header_id|>");
-    out.text("\n\n" + trim(m.content));
+    llama3_header(out, m.role);
+    out.text(trim(m.content));
     out.special("<|eot_id|>");
   }
-  if (add_generation_prompt) {
-    out.special("<|start_header_id|>");
-    out.text("assistant");
-    out.special("<|end_header_id|>");
-    out.text("\n\n");
-  }
+  if (add_generation_prompt) llama3_header(out, "assistant");
 }
 
 void layout_llama2(Layout& out, const std::vector<ChatMessage>& messages) {
