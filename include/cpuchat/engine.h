@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cpuchat/constraint.h"
 #include "cpuchat/tokenizer.h"
 
 namespace cpuchat {
@@ -94,6 +95,8 @@ struct GenerateRequest {
   bool ignore_eos = false;
   int top_logprobs = -1;                // -1: no logprobs; 0..20: logprob of the chosen token + this many alternatives
   bool cache_prompt = true;             // reuse a prefix some slot's KV cache holds (false: run the whole prompt)
+  // Grammar / JSON Schema / tool-call constraint and logit_bias (src/engine/token_constraint.h); null: free.
+  std::shared_ptr<TokenConstraint> constraint;
 };
 
 struct TokenLogprob {

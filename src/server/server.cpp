@@ -9,6 +9,7 @@
 #include "server/api_error.h"
 #include "server/peer_watch.h"
 #include "server/request_parser.h"
+#include "server/structured_output.h"
 
 namespace cpuchat::server {
 
@@ -350,10 +351,10 @@ std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib:
   std::vector<int> prompt;
   const char* prompt_param = "messages";
   if (endpoint == Endpoint::Chat) {
-    ChatRequest r = parse_chat_request(body);
+    ChatRequest r = parse_chat_request(body, req.body);
+    g->entry = &resolve_model(r.params.model);
+    prompt = chat_prompt(*g->entry->model, r);  // with the tools, if any
     g->params = std::move(r.params);
-    g->entry = &resolve_model(g->params.model);
-    prompt = g->entry->model->encode_chat(r.messages);
   } else {
     TextCompletionRequest r = parse_completion_request(body);
     g->params = std::move(r.params);
@@ -385,6 +386,7 @@ std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib:
   gr.stop = g->params.stop;
   gr.top_logprobs = g->params.top_logprobs;
   gr.ignore_eos = g->params.ignore_eos;
+  gr.constraint = make_constraint(*g->entry->model, g->params.output, gr.max_tokens);  // tools, formats, logit_bias
   g->header = new_answer_header(endpoint, g->entry->id);
   g->peer = PeerWatch::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
   PeerWatch peer = g->peer;
@@ -449,6 +451,9 @@ void ApiServer::respond_blocking(PreparedGeneration& g, const httplib::Request&,
                       ? logprobs_json(g.endpoint, r.logprobs,
                                       [&](int id) { return g.entry->model->token_bytes(id); })
                       : json();
+  if (g.endpoint == Endpoint::Chat)  // content, or the tool calls in it
+    return send_json(res, 200, chat_answer_json(g.header, shape_answer(g.params.output, r.text, r.finish_reason), logprobs,
+                                                usage_json(r.metrics), answer_metrics(g, r.metrics)));
   send_json(res, 200,
             completion_json(g.header, r.text, r.finish_reason, logprobs, usage_json(r.metrics),
                             answer_metrics(g, r.metrics)));
@@ -488,12 +493,19 @@ void ApiServer::run_stream(PreparedGeneration& g, httplib::DataSink& sink) {
 
     std::string streamed;  // text sent so far
     auto token_bytes = [&](int id) { return g.entry->model->token_bytes(id); };
+    ChatStreamShaper shaper(g.header, g.params.output);  // chat: content or tool-call deltas
+    auto send_delta = [&](const std::string& text, const json& lp) {
+      if (g.endpoint != Endpoint::Chat) return send(sse_event(delta_chunk_json(g.header, text, lp)));
+      for (const json& chunk : shaper.push(text, lp))
+        if (!send(sse_event(chunk))) return false;
+      return true;
+    };
     GenerateResult r = run_generation(g, [&](const TokenEvent& ev) {
       if (!g.keep_going()) return false;
       if (ev.text.empty() && !ev.logprob) return true;  // text held back (partial character / stop string)
       json lp = ev.logprob ? logprobs_json(g.endpoint, {*ev.logprob}, token_bytes, streamed.size()) : json();
       streamed += ev.text;
-      return send(sse_event(delta_chunk_json(g.header, ev.text, lp)));
+      return send_delta(ev.text, lp);
     });
     if (write_failed) return;  // the client is gone: nobody to tell
     if (r.finish_reason == "cancelled") {
@@ -502,7 +514,9 @@ void ApiServer::run_stream(PreparedGeneration& g, httplib::DataSink& sink) {
     }
     // Whatever the engine held back and only released in the final text.
     if (r.text.size() > streamed.size() && r.text.compare(0, streamed.size(), streamed) == 0)
-      send(sse_event(delta_chunk_json(g.header, r.text.substr(streamed.size()), json())));
+      send_delta(r.text.substr(streamed.size()), json());
+    if (g.endpoint == Endpoint::Chat)
+      for (const json& chunk : shaper.finish(r.text, r.finish_reason)) send(sse_event(chunk));
     send(sse_event(finish_chunk_json(g.header, r.finish_reason, answer_metrics(g, r.metrics))));
     if (g.params.include_usage) send(sse_event(usage_chunk_json(g.header, usage_json(r.metrics))));
     send(kSseDone);
