@@ -58,6 +58,7 @@ const char* serve_usage() {
          "  --ctx N                 context length per session [min(model, 4096)]\n"
          "  --parallel N            concurrent sessions (KV-cache slots) per model [1]\n"
          "  --max-queue N           requests waiting per model before 429 [16]\n"
+         "  --max-connections N     open HTTP connections before new ones get 503 [512]\n"
          "  --max-body-bytes N      request body limit (413 above) [4194304]\n"
          "  --instance NAME         price preset for the cost metrics [r8g.4xlarge] (GET /v1/instances)\n"
          "  --price-per-hour USD    override the instance price\n"
@@ -111,6 +112,7 @@ ServeOptions parse_serve_args(int argc, char** argv) {
     else if (flag == "--ctx") o.ctx = static_cast<int>(parse_int(flag, next(), 0, 1 << 20));
     else if (flag == "--parallel") o.parallel = static_cast<int>(parse_int(flag, next(), 1, 256));
     else if (flag == "--max-queue") o.max_queue = static_cast<int>(parse_int(flag, next(), 0, 100000));
+    else if (flag == "--max-connections") o.max_connections = static_cast<int>(parse_int(flag, next(), 1, 900));
     else if (flag == "--max-body-bytes") o.max_body_bytes = static_cast<size_t>(parse_int(flag, next(), 1024, 1ll << 34));
     else if (flag == "--instance") instance = next();
     else if (flag == "--price-per-hour") price = parse_double(flag, next(), 0, 1e6);

@@ -23,6 +23,7 @@ struct ServeOptions {
   int parallel = 1;                // slots (sessions) per engine
   int max_queue = 16;              // waiting requests per engine before 429
   size_t max_body_bytes = 4u << 20;
+  int max_connections = 512;  // open HTTP connections; more get 503
   Pricing pricing;                 // --instance / --price-per-hour
   std::string api_key;             // "": no auth
   std::string cors_origin;         // "": no CORS headers
