@@ -149,13 +149,25 @@ TEST_F(NetworkEdge, PortInUseIsAnError) {
 TEST_F(NetworkEdge, KeepAliveServesManyRequestsOnOneConnection) {
   const int fd = connect_local(port());
   ASSERT_GE(fd, 0);
+  // One request at a time, each answer read in full (it may arrive in pieces) before the next.
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string all;
+  auto answers = [&] {
+    int n = 0;
+    for (size_t at = all.find("HTTP/1.1 200"); at != std::string::npos; at = all.find("HTTP/1.1 200", at + 1)) ++n;
+    return n;
+  };
   int answered = 0;
-  for (int i = 0; i < 50; ++i) {
+  for (int i = 0; i < 50 && answered == i; ++i) {
     send_all(fd, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     char buf[4096];
-    const ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    answered += std::string(buf, size_t(n)).rfind("HTTP/1.1 200", 0) == 0;
+    while (answers() < i + 1 || all.find("{\"status\":\"ok\"}", all.rfind("HTTP/1.1 200")) == std::string::npos) {
+      const ssize_t n = recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      all.append(buf, size_t(n));
+    }
+    answered = answers();
   }
   close(fd);
   EXPECT_EQ(answered, 50);
@@ -239,14 +251,20 @@ TEST_F(NetworkEdge, TrailingBytesAfterTheJsonAreRefused) {
   EXPECT_NE(r.find("invalid_json"), std::string::npos) << r;
 }
 
-// Item 3: the packed cache is read into memory, so truncating it under a running server
-// cannot SIGBUS it; the server keeps answering with the same weights.
-TEST(CacheUnderServer, TruncatedCacheDoesNotCrashTheServer) {
-  const fs::path dir = fs::temp_directory_path() / ("cpuchat_cache_trunc_" + std::to_string(getpid()));
+// A copy of stories260K the test may change, under /tmp.
+fs::path writable_model_copy(const std::string& prefix) {
+  const fs::path dir = fs::temp_directory_path() / (prefix + std::to_string(getpid()));
   fs::remove_all(dir);
   fs::copy(kModel, dir);
   for (const auto& e : fs::directory_iterator(dir)) fs::permissions(e.path(), fs::perms::owner_write, fs::perm_options::add);
   fs::permissions(dir, fs::perms::owner_all, fs::perm_options::add);
+  return dir;
+}
+
+// Item 3: the packed cache is read into memory, so truncating it under a running server
+// cannot SIGBUS it; the server keeps answering with the same weights.
+TEST(CacheUnderServer, TruncatedCacheDoesNotCrashTheServer) {
+  const fs::path dir = writable_model_copy("cpuchat_cache_trunc_");
   const std::vector<std::string> args = {"--model", dir.string(), "--backend", "int4", "--cache-packed", "--threads", "1"};
   std::string first;
   {
@@ -278,11 +296,7 @@ namespace {
 // Item 3, the mapped weights: documented as must-not-change; truncating them under a running
 // server is fatal, but the death says why instead of being an unexplained crash.
 TEST(CacheUnderServer, TruncatedWeightsUnderAServerFailWithAClearMessage) {
-  const fs::path dir = fs::temp_directory_path() / ("cpuchat_weights_trunc_" + std::to_string(getpid()));
-  fs::remove_all(dir);
-  fs::copy(kModel, dir);
-  for (const auto& e : fs::directory_iterator(dir)) fs::permissions(e.path(), fs::perms::owner_write, fs::perm_options::add);
-  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::add);
+  const fs::path dir = writable_model_copy("cpuchat_weights_trunc_");
   ServeProcess server({"--model", dir.string(), "--backend", "fp32", "--threads", "1"});  // fp32 weights are views into the map
   ASSERT_TRUE(server.ready()) << server.stop();
   fs::resize_file(dir / "model.safetensors", 64);
