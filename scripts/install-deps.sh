@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_pkgs=(build-essential cmake pkg-config libtorch-dev libcpp-httplib-dev nlohmann-json3-dev
-            libsentencepiece-dev libspdlog-dev libgtest-dev libbenchmark-dev)
-test_pkgs=(curl chromium nodejs npm)
+            libsentencepiece-dev libspdlog-dev libgtest-dev libbenchmark-dev libssl-dev)
+test_pkgs=(curl chromium nodejs npm clang-14 libclang-rt-14-dev libxxhash0)  # clang: the fuzz targets; libxxhash0: reference XXH64
 
 want=("${build_pkgs[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${test_pkgs[@]}")

@@ -401,6 +401,10 @@ void parse_output_options(const nlohmann::ordered_json& body, OutputOptions& o) 
 }  // namespace
 
 json parse_json_object(const std::string& body) {
+  // nlohmann's lexer takes a NUL byte for the end of input, so "{...}\0garbage" would pass.
+  // JSON text never holds a raw NUL (strings must escape it): such a body is invalid.
+  if (body.find('\0') != std::string::npos)
+    throw ApiError(400, "request body is not valid JSON (it contains a NUL byte)", "invalid_json");
   json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded())
     throw ApiError(400, "request body is not valid JSON", "invalid_json");

@@ -2,11 +2,13 @@
 #include "server/server.h"
 
 #include <chrono>
+#include <optional>
 #include <thread>
 
 #include <spdlog/spdlog.h>
 
 #include "server/api_error.h"
+#include "server/auth.h"
 #include "server/peer_watch.h"
 #include "server/request_parser.h"
 #include "server/structured_output.h"
@@ -37,12 +39,10 @@ void send_json(httplib::Response& res, int status, const json& body) {
   res.set_content(dump_json(body), kJson);
 }
 
-// Constant-time comparison, so response timing does not reveal how much of a key matched.
-bool same_secret(const std::string& given, const std::string& key) {
-  if (given.size() != key.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < key.size(); ++i) diff |= static_cast<unsigned char>(given[i] ^ key[i]);
-  return diff == 0;
+bool is_known_method(const std::string& m) {
+  for (const char* known : {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+    if (m == known) return true;
+  return false;
 }
 
 json model_card(const std::string& id, const ModelInfo& info, const SchedulerStats& st) {
@@ -100,25 +100,18 @@ struct ApiServer::PreparedGeneration {
 };
 
 ApiServer::ApiServer(ApiServerConfig cfg)
-    : cfg_(std::move(cfg)), static_files_(cfg_.assets, cfg_.asset_count) {
-  // Every queued or running request holds an httplib worker while it waits, so size the
-  // pool for all of them plus headroom: /health and /metrics must never starve.
-  const size_t workers = static_cast<size_t>(std::max(1, cfg_.expected_models)) *
-                             static_cast<size_t>(cfg_.parallel + cfg_.max_queue) + 16;
-  http_.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
+    : cfg_(std::move(cfg)), http_(cfg_.connections), static_files_(cfg_.assets, cfg_.asset_count) {
+  // Every connection has its own thread (HttpConnectionServer), so queued or running
+  // requests never starve /health and /metrics; the connection cap bounds them all.
   http_.set_payload_max_length(cfg_.max_body_bytes);
-  http_.set_tcp_nodelay(true);  // SSE events are small: send each one now
   register_routes();
 }
 
 ApiServer::~ApiServer() = default;
 
-int ApiServer::bind(const std::string& host, int port) {
-  if (port == 0) return http_.bind_to_any_port(host);
-  return http_.bind_to_port(host, port) ? port : -1;
-}
+int ApiServer::bind(const std::string& host, int port) { return http_.bind_exclusive(host, port, &bind_error_); }
 
-bool ApiServer::listen() { return http_.listen_after_bind(); }
+bool ApiServer::listen() { return http_.serve(); }
 
 void ApiServer::set_models(std::vector<std::unique_ptr<ServedModel>> models) {
   for (auto& m : models) {
@@ -155,7 +148,7 @@ bool ApiServer::wait_idle(int timeout_ms) {
   return true;
 }
 
-void ApiServer::stop() { http_.stop(); }
+void ApiServer::stop() { http_.stop_serving(); }
 
 std::string ApiServer::route_name(const std::string& path) const {
   for (const Route& r : kRoutes)
@@ -176,7 +169,14 @@ std::string ApiServer::allowed_methods(const std::string& path) const {
 
 void ApiServer::register_routes() {
   http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    return pre_route(req, res);
+    const auto handled = pre_route(req, res);
+    // Answered before an announced body was read: the connection cannot go on (its next
+    // bytes are that body), so it closes after this response.
+    if (handled == httplib::Server::HandlerResponse::Handled &&
+        ((req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0") ||
+         req.has_header("Transfer-Encoding")))
+      res.set_header("Connection", "close");
+    return handled;
   });
 
   http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
@@ -239,8 +239,17 @@ void ApiServer::register_routes() {
   http_.Delete(".*", unrouted);
 
   // Errors httplib produces itself (413 body too large, 400 bad request line) get our JSON shape.
-  http_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+  http_.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;  // already one of ours
+    // httplib's own errors (bad request line or headers, body too large) leave the rest of
+    // the connection unparsable: end it after this answer.
+    res.set_header("Connection", "close");
+    if (res.status == 400 && !req.method.empty() && !is_known_method(req.method)) {
+      // httplib refuses a request line with a method it does not know; that is a 405.
+      res.status = 405;
+      res.set_header("Allow", "GET, POST, OPTIONS");
+      return send_error(res, ApiError(405, "method " + req.method + " not allowed (use GET or POST)", "method_not_allowed"));
+    }
     if (res.status == 413)
       return send_error(res, ApiError(413, "request body too large", "request_too_large"));
     send_error(res, ApiError(res.status, res.status == 400 ? "malformed HTTP request" : "HTTP error " + std::to_string(res.status)));
@@ -261,6 +270,7 @@ void ApiServer::register_routes() {
   // its answer also finds it counted in /metrics.
   http_.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     metrics_.count_request(route_name(req.path), res.status);
+    serve_http10_stream_unchunked(req, res);
   });
   http_.set_logger([](const httplib::Request& req, const httplib::Response& res) {
     spdlog::debug("{} {} -> {}", req.method, req.path, res.status);
@@ -285,20 +295,42 @@ httplib::Server::HandlerResponse ApiServer::pre_route(const httplib::Request& re
     }
     return HR::Handled;
   }
+  // Only GET and POST are served (HEAD and OPTIONS aside): refuse others before any body is read.
+  if (req.method != "GET" && req.method != "POST" && req.method != "HEAD") {
+    handle_unrouted(req, res);
+    return HR::Handled;
+  }
+  // Without Content-Length or chunked encoding httplib would read the body until the client
+  // closes; HTTP says there is no body then, and we need one: 411, at once.
+  if (req.method == "POST" && !req.has_header("Content-Length") &&
+      req.get_header_value("Transfer-Encoding").find("chunked") == std::string::npos) {
+    send_error(res, ApiError(411, "a POST needs a Content-Length header (or chunked transfer encoding)", "length_required"));
+    return HR::Handled;
+  }
   // The key guards the API and the metrics; /health and the page stay open.
   if (!cfg_.api_key.empty() && (starts_with(req.path, "/v1/") || req.path == "/metrics")) {
-    const std::string auth = req.get_header_value("Authorization");
-    const std::string bearer = "Bearer ";
-    if (!starts_with(auth, bearer)) {
+    const std::optional<std::string> token = bearer_token(req.get_header_value("Authorization"));
+    if (!token) {
       send_error(res, ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key"));
       return HR::Handled;
     }
-    if (!same_secret(auth.substr(bearer.size()), cfg_.api_key)) {
+    if (!same_secret(*token, cfg_.api_key)) {
       send_error(res, ApiError(401, "incorrect API key", "invalid_api_key"));
       return HR::Handled;
     }
   }
   return HR::Unhandled;
+}
+
+void ApiServer::serve_http10_stream_unchunked(const httplib::Request& req, httplib::Response& res) {
+  // An HTTP/1.0 client cannot decode chunked encoding: send its stream raw, ended by the
+  // close (process_request closes HTTP/1.0 connections after the response).
+  if (req.version == "HTTP/1.0" && res.is_chunked_content_provider_) {
+    res.is_chunked_content_provider_ = false;
+    res.content_length_ = 0;
+    res.headers.erase("Transfer-Encoding");
+    res.set_header("Connection", "close");
+  }
 }
 
 void ApiServer::handle_get_fallback(const httplib::Request& req, httplib::Response& res) {

@@ -10,6 +10,7 @@
 #include <httplib.h>
 
 #include "server/api_error.h"
+#include "server/http_connections.h"
 #include "server/openai_api.h"
 #include "server/pricing.h"
 #include "server/prometheus.h"
@@ -28,6 +29,7 @@ struct ApiServerConfig {
   std::string cors_origin;
   const WebAsset* assets = nullptr;
   size_t asset_count = 0;
+  ConnectionLimits connections;  // open connections, request deadline, keep-alive
 };
 
 class ApiServer {
@@ -35,11 +37,13 @@ class ApiServer {
   explicit ApiServer(ApiServerConfig cfg);
   ~ApiServer();
 
-  // Binds; port 0 picks a free one. Returns the port, or -1.
+  // Binds exclusively (a port in use is an error, never shared); port 0 picks a free one.
+  // Returns the port, or -1 with bind_error() saying why.
   int bind(const std::string& host, int port);
+  const std::string& bind_error() const { return bind_error_; }
   // Serves until stop() (blocks; run it on its own thread).
   bool listen();
-  bool listening() const { return http_.is_running(); }
+  bool listening() const { return http_.serving(); }
 
   // Attaches the loaded models (model id "<name>-<backend>") and starts serving them.
   void set_models(std::vector<std::unique_ptr<ServedModel>> models);
@@ -74,11 +78,13 @@ class ApiServer {
   ModelEntry& resolve_model(const std::string& requested);
   void handle_get_fallback(const httplib::Request& req, httplib::Response& res);
   void handle_unrouted(const httplib::Request& req, httplib::Response& res);
+  static void serve_http10_stream_unchunked(const httplib::Request& req, httplib::Response& res);
   std::string route_name(const std::string& path) const;
   std::string allowed_methods(const std::string& path) const;  // "" for unknown paths
 
   ApiServerConfig cfg_;
-  httplib::Server http_;
+  HttpConnectionServer http_;
+  std::string bind_error_;
   StaticFiles static_files_;
   ServerMetrics metrics_;
   std::vector<std::unique_ptr<ModelEntry>> models_;  // written once, before ready_

@@ -146,6 +146,17 @@ TEST(RequestParser, JsonBody) {
       EXPECT_EQ(e.code, "invalid_json");
     }
   }
+  // Issue 12: a NUL byte ended nlohmann's input, so trailing bytes after it were accepted.
+  for (const std::string bad : {std::string("{\"a\": 1}\0garbage", 16), std::string("{\"a\": 1}\0", 9),
+                                std::string("{\"a\": \"x\0y\"}", 12)}) {
+    try {
+      parse_json_object(bad);
+      FAIL() << "accepted a body with a NUL byte";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      EXPECT_EQ(e.code, "invalid_json");
+    }
+  }
 }
 
 TEST(RequestParser, TextCompletion) {
