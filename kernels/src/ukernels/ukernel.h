@@ -35,6 +35,19 @@ struct Args {
 
 using Fn = void (*)(const Args&);
 
+// llvm-mca regions for kernels/tools/mca_ukernels.sh: each micro-kernel marks the body of its
+// per-group loop. They are assembler comments: the object code is the same with or without them.
+// The region is named <kernel>_s<scheme>_m<tile rows> (scheme 1 = q4g32, 2 = q4c).
+#if defined(__aarch64__)
+#define CPUCHAT_MCA_MARK_(what, kernel, scheme, rows) \
+  asm volatile("// LLVM-MCA-" what " " kernel "_s%c0_m%c1" ::"i"(static_cast<int>(scheme)), "i"(rows))
+#else
+#define CPUCHAT_MCA_MARK_(what, kernel, scheme, rows) \
+  asm volatile("# LLVM-MCA-" what " " kernel "_s%c0_m%c1" ::"i"(static_cast<int>(scheme)), "i"(rows))
+#endif
+#define CPUCHAT_MCA_BEGIN(kernel, scheme, rows) CPUCHAT_MCA_MARK_("BEGIN", kernel, scheme, rows)
+#define CPUCHAT_MCA_END(kernel, scheme, rows) CPUCHAT_MCA_MARK_("END", kernel, scheme, rows)
+
 // Kernels for one layout. `gemv` runs m == 1, `gemm` any m (nullptr = not built here).
 struct KernelSet {
   const char* gemv_name;
