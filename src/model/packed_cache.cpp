@@ -22,7 +22,10 @@ namespace {
 
 constexpr char kMagic[8] = {'C', 'P', 'U', 'C', 'H', 'A', 'T', 'P'};
 constexpr uint32_t kFormatVersion = 1;
-constexpr uint64_t kBlobAlign = 4096;  // page-aligned blobs: each maps on its own pages
+// Blobs need 64-byte alignment (PackedWeights::view); 4096 also keeps them on their own pages
+// on 4 KiB-page kernels. On 64 KiB-page aarch64 kernels (some Graviton distributions) the whole
+// file is still one mapping, so nothing depends on the page size here (file format unchanged).
+constexpr uint64_t kBlobAlign = 4096;
 
 struct FileHeader {
   char magic[8];
