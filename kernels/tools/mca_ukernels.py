@@ -2,7 +2,8 @@
 """Static throughput model of each INT4 micro-kernel's per-group loop with llvm-mca (run by hand).
 
 Every micro-kernel marks the body of its loop over 32-K groups with CPUCHAT_MCA_BEGIN/END
-(ukernels/ukernel.h: assembler comments, no instructions). This script compiles each kernel
+(ukernels/ukernel.h: assembler comments, emitted only with -DCPUCHAT_MCA_MARKERS, which this
+script adds; the build compiles them to nothing). This script compiles each kernel
 file with the compiler and the flags of the build (-O3 -ffp-contract=off and the file's ISA
 flags, read from kernels/CMakeLists.txt), cuts the marked regions out of the assembly, runs
 llvm-mca on each for the given cores and prints, per 32-K group:
@@ -26,19 +27,14 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # kernels/ (or --root)
 
-# Work done by one marked region (one iteration of the group loop), by kernel and scheme
-# (1 = q4g32, 2 = q4c): 32-K groups, output columns, packed weight bytes read.
-#   x86 layout: 16 rows x 32 K = 256 B of nibbles per group, + 16 bf16 scales (q4g32)
-#   arm layout:  8 rows x 32 K = 128 B of nibbles per group, +  8 bf16 scales (q4g32)
-WORK = {
-    "1x16_avx2": {1: (1, 16, 256 + 32), 2: (1, 16, 256)},
-    "1x16_avx512vnni": {1: (2, 16, 2 * (256 + 32)), 2: (1, 16, 256)},
-    "4x8_avx2": {1: (1, 8, 128 + 16), 2: (1, 8, 128)},
-    "6x32_avx512vnni": {1: (1, 32, 2 * (256 + 32)), 2: (1, 32, 2 * 256)},
-    "1x8_neon_dotprod": {1: (2, 8, 2 * (128 + 16)), 2: (2, 8, 2 * 128)},
-    "4x8_neon_dotprod": {1: (1, 8, 128 + 16), 2: (1, 8, 128)},
-    "4x8_neon_i8mm": {1: (1, 8, 128 + 16), 2: (1, 8, 128)},
-}
+# Packed weight bytes of one 32-K group of `cols` output columns: 32 nibbles (16 B) per column,
+# plus one bf16 scale per column for q4g32 (both layouts; q4c's row scales are read once per row).
+def group_bytes(scheme, cols):
+    return cols * (16 + (2 if scheme == 1 else 0))
+
+
+KERNELS = ("1x16_avx2", "1x16_avx512vnni", "4x8_avx2", "6x32_avx512vnni", "1x8_neon_dotprod", "4x8_neon_dotprod",
+           "4x8_neon_i8mm")
 FLAGS_VAR = {"avx2": "X86_AVX2", "avx512vnni": "X86_AVX512VNNI", "neon_dotprod": "ARM_DOTPROD",
              "neon_i8mm": "ARM_I8MM"}
 SCHEME = {1: "q4g32", 2: "q4c"}
@@ -47,7 +43,7 @@ SCHEME = {1: "q4g32", 2: "q4c"}
 def kernel_files(arch):
     for f in sorted(os.listdir(os.path.join(ROOT, "src", "ukernels"))):
         m = re.match(r"matmul_q8b32_q4p\w+?_(\d+x\d+_(\w+))\.cpp$", f)
-        if m and m.group(1) in WORK and (("neon" in f) == (arch == "aarch64")):
+        if m and m.group(1) in KERNELS and (("neon" in f) == (arch == "aarch64")):
             yield f, m.group(1), m.group(2)
 
 
@@ -59,7 +55,7 @@ def build_flags():
 
 
 def compile_to_asm(cxx, path, flags):
-    cmd = [cxx, "-std=gnu++17", "-DNDEBUG", *flags, "-I", os.path.join(ROOT, "include"), "-I",
+    cmd = [cxx, "-std=gnu++17", "-DNDEBUG", "-DCPUCHAT_MCA_MARKERS", *flags, "-I", os.path.join(ROOT, "include"), "-I",
            os.path.join(ROOT, "src"), "-S", "-o", "-", path]
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
@@ -79,7 +75,8 @@ def regions(asm):
         if current is not None:
             s = line.split("//")[0].rstrip() if "//" in line else line.rstrip()
             if s.strip() and not s.strip().startswith((".cfi", ".p2align", ".loc", "#")):
-                lines.append(s)
+                # GCC prints a byte immediate of movi sign-extended (0xfffffffffffffff0); LLVM wants 0xf0
+                lines.append(re.sub(r"(movi\s+v\d+\.(?:8|16)b,\s*)0xf{14}([0-9a-f]{2})$", r"\g<1>0x\2", s))
     return out
 
 
@@ -130,6 +127,7 @@ def main():
     ap.add_argument("--mcpu", action="append", help="llvm-mca -mcpu (repeatable)")
     ap.add_argument("--kernel", help="only this kernel, e.g. 4x8_neon_dotprod")
     ap.add_argument("--inner-trips", type=int, default=0, help="repeat a loop left inside a region N times")
+    ap.add_argument("--all-tiles", action="store_true", help="also the remainder tiles (m % 4 rows, ...)")
     ap.add_argument("--show-asm", action="store_true", help="print each region's instructions")
     ap.add_argument("--root", help="another copy of kernels/ (e.g. an older commit's) to analyse")
     ap.add_argument("--mca", default=shutil.which("llvm-mca-22") or "/usr/lib/llvm-22/bin/llvm-mca")
@@ -143,8 +141,8 @@ def main():
     cpus = args.mcpu or (["znver4"] if args.x86 else ["neoverse-v2", "neoverse-v1", "neoverse-n1"])
     common, isa_flags = build_flags()
     print(f"{cxx} ({subprocess.run([cxx, '-dumpfullversion'], capture_output=True, text=True).stdout.strip()}), "
-          f"{os.path.basename(args.mca)}; per 32-K group; m = activation rows of the register tile")
-    print(f"| kernel | scheme | m | -mcpu | instructions | cycles / group | B / cycle | MAC / cycle | busiest unit (cycles / group) |")
+          f"{os.path.basename(args.mca)}; per 32-K group; tile = activation rows x output columns of the register tile")
+    print(f"| kernel | scheme | tile | -mcpu | instructions | cycles / group | B / cycle | MAC / cycle | busiest unit (cycles / group) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for f, kernel, isa in kernel_files(arch):
         if args.kernel and args.kernel != kernel:
@@ -152,11 +150,11 @@ def main():
         flags = common + isa_flags[FLAGS_VAR[isa]]
         found = regions(compile_to_asm(cxx, os.path.join(ROOT, "src", "ukernels", f), flags))
         for name in sorted(found):
-            m = re.match(r"(\w+)_s(\d)_m(\d+)$", name)
-            scheme, m_rows = int(m.group(2)), int(m.group(3))
-            if m_rows != int(kernel.split("x")[0]):  # the main tile only (not the m % 4 remainders)
+            m = re.match(r"(\w+)_s(\d)_m(\d+)_n(\d+)_g(\d+)$", name)
+            scheme, m_rows, n_cols, groups = (int(m.group(i)) for i in range(2, 6))
+            if f"{m_rows}x{n_cols}" != kernel.split("_")[0] and not args.all_tiles:  # main tile only
                 continue
-            groups, cols, nbytes = WORK[kernel][scheme]
+            cols, nbytes = n_cols, groups * group_bytes(scheme, n_cols)
             lines = found[name]
             note = ""
             if has_loop(lines):
@@ -169,13 +167,13 @@ def main():
                 print("\n".join(lines))
             for cpu in cpus:
                 if isa == "neon_i8mm" and cpu == "neoverse-n1":
-                    print(f"| {kernel} | {SCHEME[scheme]} | {m_rows} | {cpu} | no i8mm on this core | | | | |")
+                    print(f"| {kernel} | {SCHEME[scheme]} | {m_rows}x{n_cols} | {cpu} | no i8mm on this core | | | | |")
                     continue
                 cycles, insts, uops, unit, busy, _ = run_mca(args.mca, triple, cpu, lines)
                 per_group = cycles / groups
                 bpc = f"{nbytes / cycles:.1f}" if m_rows == 1 else ""
                 macs = f"{m_rows * cols * 32 * groups / cycles:.1f}"
-                print(f"| {kernel}{note} | {SCHEME[scheme]} | {m_rows} | {cpu} | {insts // groups} | {per_group:.1f} | "
+                print(f"| {kernel}{note} | {SCHEME[scheme]} | {m_rows}x{n_cols} | {cpu} | {insts // groups} | {per_group:.1f} | "
                       f"{bpc} | {macs} | {unit} ({busy / groups:.1f}) |")
 
 
