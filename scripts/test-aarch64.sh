@@ -46,7 +46,7 @@ command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_TOOLCHAIN_FILE="$ROOT/cmake/aarch64-sysroot.cmake" \
   -DCPUCHAT_AARCH64_SYSROOT="$SYSROOT" -DCPUCHAT_BUILD_BENCHMARKS=OFF "${launcher[@]}" >"$BUILD.configure.log" 2>&1 ||
   { cat "$BUILD.configure.log"; exit 1; }
-cmake --build "$BUILD" -j"$JOBS" --target cpuchat cpuchat_model_tests cpuchat_kernels_tests cpuchat_kernels_isa \
+cmake --build "$BUILD" -j"$JOBS" --target cpuchat cpuchat_model_fixture_tests cpuchat_kernels_tests cpuchat_kernels_isa \
   >"$BUILD.build.log" 2>&1 || { tail -40 "$BUILD.build.log"; exit 1; }
 file_line=$(file -b "$BUILD/cpuchat" 2>/dev/null | cut -d, -f1-2 || true)
 echo "   $BUILD/cpuchat: ${file_line:-built}"
@@ -116,8 +116,8 @@ gtest_suite() {  # gtest_suite LABEL FILTER BINARY
   count "$passed" "$failed"
   paths+=("$1")
 }
-gtest_suite "logits fixtures fp32" "Fixtures/LogitsFixture.*:LogitsFixtureList.*" "$BUILD/tests/model/cpuchat_model_tests"
-gtest_suite "int4 op and engine" "Int4Op.*:Int4Engine.*" "$BUILD/tests/model/cpuchat_model_tests"
+gtest_suite "logits fixtures fp32" "Fixtures/LogitsFixture.*:LogitsFixtureList.*" "$BUILD/tests/model/cpuchat_model_fixture_tests"
+gtest_suite "int4 op and engine" "Int4Op.*:Int4Engine.*" "$BUILD/tests/model/cpuchat_model_fixture_tests"
 stamp
 
 # ---- 5. x86 vs aarch64: the same model, the same ids ------------------------------------------
