@@ -11,11 +11,15 @@ compares, for the fp32 and the int4 backends, on the fixture's sequences and its
 Tolerances (derived, printed with the measured values):
   fp32: the fixture's own tolerance for fp32 implementations, |d| <= 1e-4 + 1e-5 |x86| (fp32
         rounding between implementations is ~1e-5 on logits up to ~20).
-  int4: rounding-order noise can only matter where it flips the rounding of an int8 activation
-        (or an int4 weight never: weights are quantized from the same bits); a flip is one
-        quantization step, part of the error that int4 already makes against fp32. So the
-        difference cannot exceed the int4-vs-fp32 error of the same run: tol = max |int4 - fp32|
-        over all positions on x86 (measured here), plus the fp32 tolerance.
+  int4: the weights are the same bits and the kernels bit-exact, so float rounding-order noise
+        (the fp32 size above) can change int4 results only where it flips the rounding of an
+        int8 activation. A flip moves one activation by one quantization step: one of the
+        thousands of half-step roundings whose combined effect is the int4 error itself,
+        E_p = max_i |int4 - fp32| at position p on x86. We allow a quarter of it per position,
+        tol_p = E_p / 4 + the fp32 tolerance, and require arm's int4 to be as accurate as x86's
+        (RMS error against fp32 within 1 %): flips are noise, not a bias.
+  A differing argmax (or greedy id) must be a near-tie: the x86 top1 - top2 margin smaller than
+  twice the largest |arm - x86| measured at that position (both can move by that much).
 One "ok:"/"FAIL:" line per check.
 """
 import argparse
@@ -76,44 +80,57 @@ def main():
 
     seqs = [(s["name"], s["token_ids"]) for s in fx["sequences"]]
     x86 = {(b, n): logits("x86", b, ids, n) for b in ("fp32", "int4") for n, ids in seqs}
-    # int4 tolerance: the int4-vs-fp32 error of this model on these sequences (x86).
-    quant_err = 0.0
-    for n, _ in seqs:
-        for r4, r32 in zip(x86[("int4", n)], x86[("fp32", n)]):
-            d32 = dict(r32)
-            quant_err = max(quant_err, max(abs(v - d32[i]) for i, v in r4))
-    tolerance = {"fp32": lambda ref: 1e-4 + 1e-5 * abs(ref), "int4": lambda ref: quant_err + 1e-4 + 1e-5 * abs(ref)}
-    print(f"tolerances: fp32 1e-4 + 1e-5|x|; int4 {quant_err:.4f} (max |int4 - fp32| on x86) + the fp32 one")
+    fp32_tol = lambda ref: 1e-4 + 1e-5 * abs(ref)
+    # int4: a quarter of the int4-vs-fp32 error of each position (x86), plus the fp32 tolerance.
+    quant_err = {n: [max(abs(v - dict(r32)[i]) for i, v in r4) for r4, r32 in zip(x86[("int4", n)], x86[("fp32", n)])]
+                 for n, _ in seqs}
+    print("tolerances: fp32 1e-4 + 1e-5|x|; int4 E_p/4 + that, E_p = max |int4 - fp32| at position p on x86 "
+          f"(E_p from {min(min(e) for e in quant_err.values()):.3f} to {max(max(e) for e in quant_err.values()):.3f})")
+
+    def rms(rows_a, rows_b):
+        total = sum((v - dict(rb)[i]) ** 2 for ra, rb in zip(rows_a, rows_b) for i, v in ra)
+        return (total / sum(len(r) for r in rows_a)) ** 0.5
+
+    def diffs(rows_a, rows_b):
+        return [max(abs(dict(rb)[i] - v) for i, v in ra) for ra, rb in zip(rows_a, rows_b)]
 
     for backend in ("fp32", "int4"):
-        tol = tolerance[backend]
         for n, ids in seqs:
             ref, got = x86[(backend, n)], logits("arm", backend, ids, n)
-            worst, worst_excess, argmax_bad, ties = 0.0, -1.0, 0, 0
-            for rx, ra in zip(ref, got):
-                da = dict(ra)
+            if not (len(ref) == len(got) == len(ids)):
+                check(False, f"{backend} '{n}': {len(got)} positions, want {len(ids)}")
+                continue
+            d = diffs(ref, got)
+            worst_excess, argmax_bad, ties = -1.0, 0, 0
+            for p, (rx, ra) in enumerate(zip(ref, got)):
                 for i, v in rx:
-                    d = abs(da[i] - v)
-                    worst = max(worst, d)
-                    worst_excess = max(worst_excess, d - tol(v))
+                    tol = fp32_tol(v) + (quant_err[n][p] / 4 if backend == "int4" else 0.0)
+                    worst_excess = max(worst_excess, abs(dict(ra)[i] - v) - tol)
                 if rx[0][0] != ra[0][0]:
-                    if margin(rx) < tol(rx[0][1]):
+                    if margin(rx) < 2 * d[p]:
                         ties += 1
                     else:
                         argmax_bad += 1
-            check(len(ref) == len(got) == len(ids) and worst_excess <= 0,
-                  f"{backend} '{n}' ({len(ids)} positions x {len(ref[0])} logits): max |arm - x86| = {worst:.3g}")
+            changed = sum(v > fp32_tol(0.0) for v in d)
+            check(worst_excess <= 0, f"{backend} '{n}' ({len(ids)} positions x {len(ref[0])} logits): max |arm - x86| = "
+                  f"{max(d):.3g}, {changed} positions differ by more than 1e-4"
+                  + (f", max |arm - x86| / E_p = {max(x / e for x, e in zip(d, quant_err[n])):.3f}" if backend == "int4" else ""))
             check(argmax_bad == 0, f"{backend} '{n}': argmax equal at every position"
-                  + (f" except {ties} near-ties" if ties else ""))
+                  + (f" except {ties} near-ties (x86 margin < 2 |arm - x86|)" if ties else ""))
+            if backend == "int4":
+                rx, ra = rms(ref, x86[("fp32", n)]), rms(got, x86[("fp32", n)])
+                check(ra <= 1.01 * rx + 1e-4, f"int4 '{n}': RMS error against fp32 {ra:.4f} on arm, {rx:.4f} on x86")
         ids_x86, ids_arm = generate("x86", backend), generate("arm", backend)
         if ids_x86 == ids_arm:
             check(len(ids_x86) == greedy["steps"], f"{backend} greedy: {len(ids_x86)} ids identical")
             continue
         step = next(i for i, (p, q) in enumerate(zip(ids_x86, ids_arm)) if p != q)
         prefix = greedy["prompt_ids"] + ids_x86[:step]
-        row = logits("x86", backend, prefix, f"divergence{step}")[-1]
-        check(margin(row) < tol(row[0][1]),
-              f"{backend} greedy: first divergence at step {step} is a near-tie (top1 - top2 = {margin(row):.3g})")
+        rx = logits("x86", backend, prefix, f"divergence{step}")[-1]
+        ra = logits("arm", backend, prefix, f"divergence{step}")[-1]
+        d = diffs([rx], [ra])[0]
+        check(margin(rx) < 2 * d, f"{backend} greedy: first divergence at step {step} is a near-tie "
+              f"(top1 - top2 = {margin(rx):.3g}, |arm - x86| up to {d:.3g})")
     return 1 if failures else 0
 
 

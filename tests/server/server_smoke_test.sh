@@ -31,6 +31,10 @@ if [[ -z $URL ]]; then
   exit 1
 fi
 pass "listening on $URL"
+for _ in $(seq 1200); do  # the model loads after the socket is up (503 model_loading until then)
+  [[ $(curl -s -o /dev/null -w '%{http_code}' "$URL/health") == 200 ]] && break
+  sleep 0.1
+done
 
 curl -s -o "$WORK/models.json" "$URL/v1/models"
 got=$(field "$WORK/models.json" 'j["data"][0]["isa"] + " " + j["data"][0]["backend"]')
