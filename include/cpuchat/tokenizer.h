@@ -49,6 +49,9 @@ class Tokenizer {
 // vocab_size_hint: the model's vocabulary size (for llama2.c .bin files), 0 if unknown.
 // Throws std::runtime_error with a one-line message naming the file on any problem.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int vocab_size_hint = 0);
+// The same from a file's contents already in memory (`name` is only for messages).
+std::unique_ptr<Tokenizer> load_tokenizer_from_memory(const std::string& name, const std::string& contents,
+                                                      int vocab_size_hint = 0);
 
 // A score-ordered BPE (SentencePiece "llama" style with byte fallback) built from a
 // vocabulary in memory: used for llama2.c .bin tokenizers and GGUF-embedded ones.

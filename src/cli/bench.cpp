@@ -15,6 +15,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -237,6 +238,11 @@ const char* kBenchUsage =
     "                     [--prompt-tokens 128] [--gen-tokens 64] [--repeat 3] [--quant q4g32|q4c]\n"
     "                     [--instance NAME] [--price-per-hour USD] [--json FILE] [--svg FILE] [--markdown FILE]\n"
     "                     [--cache-packed]   (--model: map/save the int4-packed weights next to it)\n"
+    "                     [--kv-type fp32|bf16|int8]\n"
+    "                     [--concurrency 1,2,4,8 [--long-prompt N] [--step-budget-ms MS] [--batch-tokens N]]\n"
+    "         --concurrency: N simultaneous streams through the engine's scheduler for each N (alternating,\n"
+    "         --repeat rounds): aggregate and per-stream decode tokens/s, TTFT p50/p95, worst inter-token gap,\n"
+    "         cost per 1M tokens; --long-prompt N: then an N-token prompt arrives while 4 streams decode\n"
     "       cpuchat bench --merge A.json,B.json [--json FILE] [--svg FILE] [--markdown FILE]\n"
     "  SHAPE: llama3.1-8b, llama3.2-3b, llama3.2-1b, tiny (random weights made in memory)\n";
 
@@ -253,6 +259,221 @@ void add_uplift(json& results) {
         break;
       }
   }
+}
+
+// ---- many streams at once ----------------------------------------------------------------
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double idx = p * double(v.size() - 1);
+  const size_t lo = size_t(idx), hi = std::min(v.size() - 1, lo + 1);
+  return v[lo] + (v[hi] - v[lo]) * (idx - double(lo));
+}
+
+// A pseudo-random prompt of ordinary tokens; `stream` makes each stream's prompt its own
+// from the first token on, so no stream reuses another's cached prefix.
+std::vector<int> bench_prompt(int n, int vocab, int stream) {
+  std::vector<int> p(static_cast<size_t>(n));
+  const uint64_t span = uint64_t(std::max(1, vocab > 2000 ? vocab - 2000 : vocab - 3));
+  const int base = vocab > 2000 ? 1000 : 3;
+  for (int i = 0; i < n; ++i) p[size_t(i)] = base + int((uint64_t(i + 7919 * stream) * 2654435761u) % span);
+  return p;
+}
+
+// One stream's token arrival times.
+struct StreamTrace {
+  Clock::time_point submitted;
+  std::vector<Clock::time_point> tokens;
+  GenerateResult result;
+};
+
+// Submits every request at once (through the same scheduler the server uses) and waits
+// for each on its own thread, as concurrent HTTP clients would.
+std::vector<StreamTrace> run_streams(Engine& engine, const std::vector<GenerateRequest>& reqs) {
+  std::vector<StreamTrace> traces(reqs.size());
+  std::vector<std::shared_ptr<Generation>> gens;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    traces[i].submitted = Clock::now();
+    gens.push_back(engine.submit(reqs[i]));
+  }
+  std::vector<std::thread> waiters;
+  for (size_t i = 0; i < reqs.size(); ++i)
+    waiters.emplace_back([&, i] {
+      traces[i].result = gens[i]->wait([&](const TokenEvent& ev) {
+        if (ev.id >= 0) traces[i].tokens.push_back(Clock::now());
+        return true;
+      });
+    });
+  for (auto& w : waiters) w.join();
+  return traces;
+}
+
+double max_gap_s(const std::vector<StreamTrace>& traces, Clock::time_point from, Clock::time_point to) {
+  double gap = 0;
+  for (const StreamTrace& t : traces)
+    for (size_t k = 1; k < t.tokens.size(); ++k)
+      if (t.tokens[k] > from && t.tokens[k - 1] < to)
+        gap = std::max(gap, std::chrono::duration<double>(t.tokens[k] - t.tokens[k - 1]).count());
+  return gap;
+}
+
+struct ConcurrencyRun {
+  double aggregate = 0, per_stream = 0, prompt_tps = 0, max_gap = 0;
+  std::vector<double> ttft;
+};
+
+// N streams of prompt_tokens + gen_tokens. Aggregate decode speed: the tokens that arrive
+// once every stream has its first token, over the time from then until the last finishes.
+ConcurrencyRun run_concurrency(Engine& engine, int n, int prompt_tokens, int gen_tokens, int round) {
+  std::vector<GenerateRequest> reqs(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    GenerateRequest& r = reqs[size_t(i)];
+    r.prompt_ids = bench_prompt(prompt_tokens, engine.info().vocab_size, i + 64 * round);
+    r.max_tokens = gen_tokens;
+    r.sampling.temperature = 0;
+    r.ignore_eos = true;
+    r.cache_prompt = false;
+  }
+  const auto t0 = Clock::now();
+  std::vector<StreamTrace> traces = run_streams(engine, reqs);
+  Clock::time_point all_first = t0, last = t0;
+  ConcurrencyRun out;
+  for (const StreamTrace& t : traces) {
+    if (t.tokens.empty()) throw std::runtime_error("bench: a stream produced no token");
+    all_first = std::max(all_first, t.tokens.front());
+    last = std::max(last, t.tokens.back());
+    out.ttft.push_back(t.result.metrics.ttft_s);
+    out.per_stream += t.result.metrics.decode_tokens_per_s / double(n);
+  }
+  int64_t after = 0;
+  for (const StreamTrace& t : traces)
+    for (const auto& tp : t.tokens) after += tp > all_first;
+  const double window = std::chrono::duration<double>(last - all_first).count();
+  out.aggregate = window > 0 ? double(after) / window : 0;
+  const double prefill_window = std::chrono::duration<double>(all_first - t0).count();
+  out.prompt_tps = prefill_window > 0 ? double(n) * prompt_tokens / prefill_window : 0;
+  out.max_gap = max_gap_s(traces, all_first, last);
+  return out;
+}
+
+// `decoders` streams decode; once all have their first token, a `long_prompt`-token request
+// arrives. The worst gap between two tokens of a running stream while it is processed,
+// against the worst gap before it came.
+json run_interference(Engine& engine, int decoders, int long_prompt, int gen_tokens) {
+  const int vocab = engine.info().vocab_size;
+  std::vector<std::shared_ptr<Generation>> gens;
+  std::vector<StreamTrace> traces(static_cast<size_t>(decoders));
+  for (int i = 0; i < decoders; ++i) {
+    GenerateRequest r;
+    r.prompt_ids = bench_prompt(32, vocab, 1000 + i);
+    r.max_tokens = gen_tokens;
+    r.sampling.temperature = 0;
+    r.ignore_eos = true;
+    r.cache_prompt = false;
+    traces[size_t(i)].submitted = Clock::now();
+    gens.push_back(engine.submit(r));
+  }
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < decoders; ++i)
+    waiters.emplace_back([&, i] {
+      traces[size_t(i)].result = gens[size_t(i)]->wait([&](const TokenEvent& ev) {
+        if (ev.id >= 0) traces[size_t(i)].tokens.push_back(Clock::now());
+        return true;
+      });
+    });
+  // Wait until every stream decodes and has a few tokens, then send the long prompt.
+  auto decoding = [&] {
+    for (const StreamTrace& t : traces)
+      if (t.tokens.size() < 4) return false;
+    return true;
+  };
+  while (!decoding()) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const auto t_arrive = Clock::now();
+  GenerateRequest big;
+  big.prompt_ids = bench_prompt(long_prompt, vocab, 2000);
+  big.max_tokens = 1;
+  big.sampling.temperature = 0;
+  big.ignore_eos = true;
+  big.cache_prompt = false;
+  GenerateResult big_result = engine.submit(big)->wait();
+  const auto t_done = Clock::now();
+  for (auto& g : gens) g->cancel();  // the decoders have served their purpose
+  for (auto& w : waiters) w.join();
+  json row = {{"decoding_streams", decoders},
+              {"long_prompt_tokens", long_prompt},
+              {"long_prompt_ttft_s", big_result.metrics.ttft_s},
+              {"max_inter_token_gap_s", max_gap_s(traces, t_arrive, t_done)},
+              {"max_inter_token_gap_before_s", max_gap_s(traces, traces[0].submitted, t_arrive)}};
+  for (const StreamTrace& t : traces)
+    if (t.result.finish_reason != "cancelled") row["warning"] = "a stream finished before the long prompt did";
+  return row;
+}
+
+std::string concurrency_markdown(const json& rows, const json& interference) {
+  std::ostringstream o;
+  o << "| model | backend | threads | streams | aggregate decode tok/s | per-stream tok/s | speedup vs 1 | prompt tok/s | "
+       "TTFT p50 (s) | TTFT p95 (s) | max gap (s) | peak RSS (GB) | $ / 1M tokens |\n"
+    << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const json& r : rows)
+    o << "| " << r["model"].get<std::string>() << " | " << r["backend"].get<std::string>() << " | " << r["threads"] << " | "
+      << r["concurrency"] << " | " << fmt(r["aggregate_decode_tokens_per_s"], 1) << " | "
+      << fmt(r["per_stream_decode_tokens_per_s"], 1) << " | "
+      << (r.contains("aggregate_speedup") ? fmt(r["aggregate_speedup"], 2) + "×" : "-") << " | "
+      << fmt(r["prompt_tokens_per_s"], 1) << " | " << fmt(r["ttft_p50_s"], 3) << " | " << fmt(r["ttft_p95_s"], 3) << " | "
+      << fmt(r["max_inter_token_gap_s"], 3) << " | " << fmt(r["peak_rss_bytes"].get<double>() / 1e9, 2) << " | "
+      << fmt(r["cost_per_million_tokens_usd"], 2) << " |\n";
+  for (const json& i : interference)
+    o << "\nLong prompt while " << i["decoding_streams"] << " streams decode (" << i["model"].get<std::string>() << ", "
+      << i["backend"].get<std::string>() << ", " << i["threads"] << " threads): a " << i["long_prompt_tokens"]
+      << "-token prompt arrives; worst gap between two tokens of a running stream " << fmt(i["max_inter_token_gap_s"], 3)
+      << " s (before it arrived: " << fmt(i["max_inter_token_gap_before_s"], 3) << " s); its TTFT "
+      << fmt(i["long_prompt_ttft_s"], 2) << " s.\n";
+  return o.str();
+}
+
+// Aggregate decode tokens/s against the number of streams, one line per (model, backend, threads).
+std::string concurrency_svg(const json& rows) {
+  std::map<std::string, std::vector<std::pair<int, double>>> lines;
+  int max_n = 1;
+  double max_v = 1;
+  for (const json& r : rows) {
+    const std::string key = r["model"].get<std::string>() + " " + r["backend"].get<std::string>() + " " +
+                            std::to_string(r["threads"].get<int>()) + "T";
+    lines[key].push_back({r["concurrency"].get<int>(), r["aggregate_decode_tokens_per_s"].get<double>()});
+    max_n = std::max(max_n, r["concurrency"].get<int>());
+    max_v = std::max(max_v, r["aggregate_decode_tokens_per_s"].get<double>());
+  }
+  const int W = 640, H = 380, L = 70, T = 50, PW = 420, PH = 260;
+  const char* colors[] = {"#2f80ed", "#27ae60", "#eb5757", "#9b51e0", "#f2994a", "#9aa5b1"};
+  std::ostringstream o;
+  o << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H << "' font-family='sans-serif' font-size='12'>\n"
+    << "<rect width='100%' height='100%' fill='white'/>\n<text x='" << L << "' y='24' font-size='16' font-weight='bold'>"
+    << "Aggregate decode tokens/s vs concurrent streams</text>\n"
+    << "<line x1='" << L << "' y1='" << T + PH << "' x2='" << L + PW << "' y2='" << T + PH << "' stroke='#333'/>\n"
+    << "<line x1='" << L << "' y1='" << T << "' x2='" << L << "' y2='" << T + PH << "' stroke='#333'/>\n";
+  auto x_of = [&](int n) { return L + int(double(n - 1) / std::max(1, max_n - 1) * PW); };
+  auto y_of = [&](double v) { return T + PH - int(v / max_v * (PH - 10)); };
+  for (int n = 1; n <= max_n; n *= 2)
+    o << "<text x='" << x_of(n) << "' y='" << T + PH + 16 << "' text-anchor='middle'>" << n << "</text>\n";
+  o << "<text x='" << L + PW / 2 << "' y='" << T + PH + 34 << "' text-anchor='middle'>streams</text>\n"
+    << "<text x='" << L - 8 << "' y='" << T + 4 << "' text-anchor='end'>" << fmt(max_v, 0) << "</text>\n";
+  int c = 0;
+  for (auto& [key, pts] : lines) {
+    std::sort(pts.begin(), pts.end());
+    const char* col = colors[c % 6];
+    o << "<polyline fill='none' stroke='" << col << "' stroke-width='2' points='";
+    for (auto& [n, v] : pts) o << x_of(n) << "," << y_of(v) << " ";
+    o << "'/>\n";
+    for (auto& [n, v] : pts)
+      o << "<circle cx='" << x_of(n) << "' cy='" << y_of(v) << "' r='3' fill='" << col << "'><title>" << xml_escape(key) << ", "
+        << n << " streams: " << fmt(v, 1) << " tok/s</title></circle>\n";
+    o << "<rect x='" << L + PW + 20 << "' y='" << T + 16 * c << "' width='10' height='10' fill='" << col << "'/><text x='"
+      << L + PW + 35 << "' y='" << T + 9 + 16 * c << "'>" << xml_escape(key) << "</text>\n";
+    ++c;
+  }
+  o << "</svg>\n";
+  return o.str();
 }
 
 int bench_body(const Args& a) {
@@ -298,6 +519,132 @@ int bench_body(const Args& a) {
       }
     }
 
+    if (a.has("--concurrency")) {
+      std::vector<int> levels;
+      for (const auto& t : a.get_list("--concurrency", "")) {
+        char* end = nullptr;
+        long v = strtol(t.c_str(), &end, 10);
+        if (*end || v < 1 || v > 256) throw UsageError("--concurrency expects a list of stream counts (1..256), got '" + t + "'");
+        levels.push_back(int(v));
+      }
+      const int long_prompt = int(a.get_int("--long-prompt", 0, 0, 1 << 20));
+      const int max_n = std::max(*std::max_element(levels.begin(), levels.end()), long_prompt ? 5 : 1);
+      Progress progress;
+      progress.total = 2 * int(threads.size()) +
+                       int(parsed.size()) * (1 + int(threads.size()) * (1 + repeat * int(levels.size()) + (long_prompt ? 1 : 0)));
+      json machine = {{"cpu", cpu_model()}, {"cores", physical_cores()}, {"isa", ""}, {"read_bandwidth_gbs", json::object()},
+                      {"read_bandwidth_gbs_before", json::object()}, {"read_bandwidth_gbs_after", json::object()}};
+      for (int t : threads) {
+        machine["read_bandwidth_gbs_before"][std::to_string(t)] = read_bandwidth_gbs(t);
+        progress.step("read bandwidth, " + std::to_string(t) + " thread(s)");
+      }
+      json rows = json::array(), interference = json::array();
+      for (Backend backend : parsed) {
+        reset_peak_rss();
+        LoadOptions o;
+        o.model_path = a.get("--model");
+        o.synthetic = a.get("--synthetic");
+        o.backend = backend;
+        o.quant = parse_quant(a.get("--quant", "q4g32"));
+        o.threads = threads.back();
+        o.ctx = std::max(prompt_tokens + gen_tokens + 8, long_prompt + 64);
+        o.require_tokenizer = false;
+        o.cache_packed = a.has("--cache-packed");
+        o.kv_type = parse_kv_type(a.get("--kv-type", "bf16"));
+        o.batch.slots = max_n;
+        o.batch.max_queue = max_n;
+        o.batch.step_budget_ms = a.get_double("--step-budget-ms", o.batch.step_budget_ms, 1, 1e6);
+        o.batch.batch_tokens = int(a.get_int("--batch-tokens", o.batch.batch_tokens, 1, 1 << 16));
+        auto engine = Engine::load(o);
+        const ModelInfo& info = engine->info();
+        if (backend == Backend::INT4) machine["isa"] = info.isa;
+        progress.step("loaded " + info.name + " (" + info.backend + ") in " + fmt(info.load_time_s) + " s");
+        for (int t : threads) {
+          engine->set_threads(t);
+          run_concurrency(*engine, 1, prompt_tokens, gen_tokens, 0);  // warm-up
+          progress.step(info.name + " " + info.backend + " " + std::to_string(t) + "T warm-up");
+          std::map<int, std::vector<ConcurrencyRun>> runs;
+          for (int r = 0; r < repeat; ++r)  // alternating: every level once per round
+            for (int n : levels) {
+              runs[n].push_back(run_concurrency(*engine, n, prompt_tokens, gen_tokens, r + 1));
+              progress.step(info.name + " " + info.backend + " " + std::to_string(t) + "T x" + std::to_string(n) + ": " +
+                            fmt(runs[n].back().aggregate, 1) + " tok/s");
+            }
+          for (int n : levels) {
+            std::vector<double> agg, per, ptps, gap, ttft;
+            for (const ConcurrencyRun& c : runs[n]) {
+              agg.push_back(c.aggregate);
+              per.push_back(c.per_stream);
+              ptps.push_back(c.prompt_tps);
+              gap.push_back(c.max_gap);
+              ttft.insert(ttft.end(), c.ttft.begin(), c.ttft.end());
+            }
+            const double aggregate = median(agg);
+            const auto cost = server::compute_cost(pricing.price_per_hour_usd, aggregate, 0);
+            rows.push_back({{"model", info.name},
+                            {"backend", info.backend},
+                            {"quant", info.quant},
+                            {"isa", info.isa},
+                            {"kv_type", info.kv_type},
+                            {"threads", t},
+                            {"concurrency", n},
+                            {"prompt_tokens", prompt_tokens},
+                            {"gen_tokens", gen_tokens},
+                            {"repeat", repeat},
+                            {"aggregate_decode_tokens_per_s", aggregate},
+                            {"aggregate_decode_tokens_per_s_stats", stats(agg)},
+                            {"per_stream_decode_tokens_per_s", median(per)},
+                            {"prompt_tokens_per_s", median(ptps)},
+                            {"ttft_p50_s", percentile(ttft, 0.5)},
+                            {"ttft_p95_s", percentile(ttft, 0.95)},
+                            {"max_inter_token_gap_s", *std::max_element(gap.begin(), gap.end())},
+                            {"peak_rss_bytes", peak_rss_bytes()},
+                            {"instance", pricing.instance},
+                            {"price_per_hour_usd", pricing.price_per_hour_usd},
+                            {"cost_per_million_tokens_usd",
+                             cost.per_million_tokens_usd ? json(*cost.per_million_tokens_usd) : json(nullptr)}});
+          }
+          if (long_prompt) {
+            json row = run_interference(*engine, 4, long_prompt, o.ctx - 40);
+            row["model"] = info.name;
+            row["backend"] = info.backend;
+            row["threads"] = t;
+            interference.push_back(row);
+            progress.step(info.name + " " + info.backend + " " + std::to_string(t) + "T long prompt: max gap " +
+                          fmt(row["max_inter_token_gap_s"], 3) + " s");
+          }
+        }
+      }
+      for (int t : threads) {
+        const std::string key = std::to_string(t);
+        machine["read_bandwidth_gbs_after"][key] = read_bandwidth_gbs(t);
+        machine["read_bandwidth_gbs"][key] =
+            std::max(machine["read_bandwidth_gbs_before"][key].get<double>(), machine["read_bandwidth_gbs_after"][key].get<double>());
+        progress.step("read bandwidth again, " + key + " thread(s)");
+      }
+      // Each level against one stream of the same model, backend and thread count.
+      for (json& r : rows)
+        for (const json& one : rows)
+          if (one["concurrency"] == 1 && one["model"] == r["model"] && one["backend"] == r["backend"] && one["threads"] == r["threads"]) {
+            r["aggregate_speedup"] = r["aggregate_decode_tokens_per_s"].get<double>() /
+                                     std::max(1e-9, one["aggregate_decode_tokens_per_s"].get<double>());
+            if (!r["cost_per_million_tokens_usd"].is_null() && !one["cost_per_million_tokens_usd"].is_null())
+              r["cost_ratio_vs_single_stream"] = r["cost_per_million_tokens_usd"].get<double>() /
+                                                 std::max(1e-12, one["cost_per_million_tokens_usd"].get<double>());
+          }
+      report = {{"machine", machine}, {"results", json::array()}, {"concurrency", rows}, {"long_prompt", interference}};
+      std::ostringstream md;
+      md << "Machine: " << machine["cpu"].get<std::string>() << ", read bandwidth before/after (GB/s):";
+      for (auto& [k, v] : machine["read_bandwidth_gbs_before"].items())
+        md << " " << k << "T " << fmt(v) << "/" << fmt(machine["read_bandwidth_gbs_after"][k]);
+      md << ".\n\n" << concurrency_markdown(rows, interference);
+      if (a.has("--json")) write_file(a.get("--json"), report.dump(2) + "\n");
+      if (a.has("--markdown")) write_file(a.get("--markdown"), md.str());
+      if (a.has("--svg")) write_file(a.get("--svg"), concurrency_svg(rows));
+      std::cout << md.str();
+      return 0;
+    }
+
     Progress progress;
     progress.total = 2 * int(threads.size()) + int(parsed.size()) * (1 + int(threads.size()) * (repeat + 1));
     json machine = {{"cpu", cpu_model()}, {"cores", physical_cores()}, {"isa", ""}, {"read_bandwidth_gbs", json::object()}};
@@ -317,6 +664,8 @@ int bench_body(const Args& a) {
       o.ctx = prompt_tokens + gen_tokens + 8;
       o.require_tokenizer = false;
       o.cache_packed = a.has("--cache-packed");
+      o.kv_type = parse_kv_type(a.get("--kv-type", "bf16"));
+      o.batch.slots = 1;
       auto engine = Engine::load(o);
       const ModelInfo& info = engine->info();
       if (backend == Backend::INT4) machine["isa"] = info.isa;
@@ -333,6 +682,7 @@ int bench_body(const Args& a) {
         req.max_tokens = gen_tokens;
         req.sampling.temperature = 0;
         req.ignore_eos = true;
+        req.cache_prompt = false;  // every run processes the whole prompt
         std::vector<double> ttft, prompt_tps, decode_tps, total;
         for (int r = 0; r <= repeat; ++r) {  // r == 0 is the warm-up
           auto session = engine->new_session();
@@ -404,7 +754,8 @@ int bench_body(const Args& a) {
 int bench_command(int argc, char** argv) {
   return run_command("bench", kBenchUsage, bench_body, argc, argv,
                      {"--model", "--synthetic", "--backends", "--threads", "--prompt-tokens", "--gen-tokens", "--repeat", "--quant",
-                      "--instance", "--price-per-hour", "--json", "--svg", "--markdown", "--merge"},
+                      "--instance", "--price-per-hour", "--json", "--svg", "--markdown", "--merge", "--kv-type", "--concurrency",
+                      "--long-prompt", "--step-budget-ms", "--batch-tokens"},
                      {"--cache-packed"});
 }
 

@@ -19,7 +19,7 @@ using nlohmann::json;
 
 namespace {
 
-const std::set<std::string> kModelFlags = {"--model", "--tokenizer", "--backend", "--quant", "--threads", "--ctx"};
+const std::set<std::string> kModelFlags = {"--model", "--tokenizer", "--backend", "--quant", "--threads", "--ctx", "--kv-type"};
 const char* kModelUsage =
     "  --model PATH       HF dir, Meta dir, llama2.c .bin or .gguf\n"
     "  --tokenizer FILE   tokenizer override (required for llama2.c .bin)\n"
@@ -27,6 +27,7 @@ const char* kModelUsage =
     "  --quant Q          int4 weights: q4g32 (default) or q4c\n"
     "  --threads N        default: physical cores\n"
     "  --ctx N            context length (default: min(model, 4096))\n"
+    "  --kv-type T        KV cache storage: fp32, bf16 or int8 (default bf16; logits: fp32)\n"
     "  --cache-packed     save/load the int4-packed weights next to the model\n";
 
 std::set<std::string> with(std::set<std::string> a, const std::set<std::string>& b) {
@@ -34,13 +35,15 @@ std::set<std::string> with(std::set<std::string> a, const std::set<std::string>&
   return a;
 }
 
-LoadOptions load_options(const Args& a, Backend default_backend, bool require_tokenizer = true) {
+LoadOptions load_options(const Args& a, Backend default_backend, bool require_tokenizer = true,
+                         KVType default_kv = KVType::BF16) {
   LoadOptions o;
   o.model_path = a.require("--model");
   o.tokenizer_path = a.get("--tokenizer");
   try {
     o.backend = a.has("--backend") ? parse_backend(a.get("--backend")) : default_backend;
     o.quant = parse_quant(a.get("--quant", "q4g32"));
+    o.kv_type = a.has("--kv-type") ? parse_kv_type(a.get("--kv-type")) : default_kv;
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }
@@ -134,7 +137,8 @@ const std::string kLogitsUsage = std::string("usage: cpuchat logits --model PATH
 int logits_body(const Args& a) {
   const auto ids = a.get_ids("--ids");
   const int top = int(a.get_int("--top", 5, 1, 1000));
-  auto engine = Engine::load(load_options(a, Backend::FP32, /*require_tokenizer=*/false));
+  // The exact fp32 path by default: the logits fixtures compare against a float reference.
+  auto engine = Engine::load(load_options(a, Backend::FP32, /*require_tokenizer=*/false, KVType::FP32));
   const int vocab = engine->info().vocab_size;
   const std::vector<float> logits = engine->logits(ids);
   json positions = json::array();

@@ -1,5 +1,5 @@
-// Engine and Session: load once, then serve requests from per-conversation KV caches,
-// reusing the longest common prefix of the previous request.
+// Engine: load once, then serve requests through one scheduler (src/engine/scheduler.h)
+// that owns the forward pass and batches every running sequence into each step.
 #include "cpuchat/engine.h"
 
 #include <ATen/Parallel.h>
@@ -13,7 +13,9 @@
 #include <sstream>
 #include <thread>
 
+#include "engine/cpus.h"
 #include "engine/sampler.h"
+#include "engine/scheduler.h"
 #include "model/make_model.h"
 #include "model/packed_cache.h"
 #include "model/model.h"
@@ -37,12 +39,6 @@ std::string base_name(std::string path) {
   return name;
 }
 
-std::vector<float> row_to_vector(const torch::Tensor& logits, int64_t row) {
-  torch::Tensor r = logits[row].contiguous();
-  const float* p = r.data_ptr<float>();
-  return std::vector<float>(p, p + r.numel());
-}
-
 }  // namespace
 
 std::string backend_name(Backend b) {
@@ -62,6 +58,15 @@ Backend parse_backend(const std::string& s) {
 }
 
 std::string quant_name(QuantScheme q) { return q == QuantScheme::Q4G32 ? "q4g32" : "q4c"; }
+
+std::string kv_type_name(KVType t) { return t == KVType::FP32 ? "fp32" : t == KVType::BF16 ? "bf16" : "int8"; }
+
+KVType parse_kv_type(const std::string& s) {
+  if (s == "fp32") return KVType::FP32;
+  if (s == "bf16") return KVType::BF16;
+  if (s == "int8") return KVType::INT8;
+  throw std::invalid_argument("unknown KV cache type '" + s + "' (expected fp32, bf16 or int8)");
+}
 
 QuantScheme parse_quant(const std::string& s) {
   if (s == "q4g32") return QuantScheme::Q4G32;
@@ -102,22 +107,52 @@ int64_t peak_rss_bytes() {
 
 // ---------------------------------------------------------------------------------------
 
-struct Engine::Impl {
-  ModelInfo info;
-  std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<Model> model;
+// The scheduler's view of the model: one KV cache per slot and the batched forward pass.
+class ModelStepper final : public StepModel {
+ public:
+  ModelStepper(const Model& model, int slots, int ctx, KVType kv, int threads)
+      : model_(model), ctx_(ctx), kv_(kv), threads_(threads) {
+    for (int i = 0; i < slots; ++i) caches_.push_back(model.new_cache(ctx, kv));
+  }
+  int vocab_size() const override { return model_.config().vocab_size; }
+  int ctx() const override { return ctx_; }
+  int64_t kv_bytes_per_token() const override { return cpuchat::kv_bytes_per_token(model_.config(), kv_); }
+  void step(const std::vector<StepSpan>& spans, std::vector<float>& logits) override {
+    std::vector<SeqSpan> seqs;
+    for (const StepSpan& s : spans)
+      seqs.push_back({&caches_[size_t(s.slot)], s.start_pos, s.tokens.data(), int(s.tokens.size()), s.logits});
+    const torch::Tensor out = model_.forward_batch(seqs);
+    logits.assign(out.data_ptr<float>(), out.data_ptr<float>() + out.numel());
+  }
+  void copy_prefix(int from, int to, int n) override { copy_kv_prefix(caches_[size_t(from)], caches_[size_t(to)], n); }
+  // OpenMP thread counts are per calling thread: the loop thread sets its own.
+  void on_loop_thread() override {
+    const int t = threads_.load();
+    if (at::get_num_threads() != t) at::set_num_threads(t);
+  }
+  void set_threads(int t) { threads_ = t; }
+
+ private:
+  const Model& model_;
+  int ctx_;
+  KVType kv_;
+  std::atomic<int> threads_;
+  std::vector<KVCache> caches_;
 };
 
-struct Session::Impl {
-  const Model* model = nullptr;
-  int threads = 1;  // the engine's; set on whichever thread runs generate()
-  const Tokenizer* tokenizer = nullptr;
-  KVCache cache;
-  std::vector<int> cached;  // the tokens whose keys/values are in `cache`, in order
+struct Engine::Impl {
+  ModelInfo info;
+  KVType kv_type = KVType::BF16;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<ModelStepper> stepper;
+  std::unique_ptr<Scheduler> scheduler;  // declared last: stopped first
 };
 
 Engine::Engine() : impl_(std::make_unique<Impl>()) {}
-Engine::~Engine() = default;
+Engine::~Engine() {
+  if (impl_->scheduler) impl_->scheduler.reset();  // joins the loop before the model goes
+}
 
 namespace {
 
@@ -153,7 +188,7 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& opts) {
   std::unique_ptr<Engine> engine(new Engine());
   Impl& e = *engine->impl_;
 
-  const int threads = opts.threads > 0 ? opts.threads : physical_cores();
+  const int threads = thread_count(opts.threads);  // capped at the CPUs we may use
   at::set_num_threads(threads);
 
   Checkpoint ck = opts.synthetic.empty() ? load_checkpoint(opts.model_path)
@@ -204,6 +239,13 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& opts) {
   info.hidden_dim = config.hidden_dim;
   info.n_params = e.model->n_params();
   info.weight_bytes_per_token = e.model->weight_bytes_per_token();
+  info.kv_type = kv_type_name(opts.kv_type);
+  info.kv_bytes_per_token = kv_bytes_per_token(config, opts.kv_type);
+  info.slots = std::max(1, opts.batch.slots);
+  info.max_queue = std::max(0, opts.batch.max_queue);
+  e.kv_type = opts.kv_type;
+  e.stepper = std::make_unique<ModelStepper>(*e.model, info.slots, ctx, opts.kv_type, threads);
+  e.scheduler = std::make_unique<Scheduler>(*e.stepper, e.tokenizer.get(), opts.batch);
   info.load_time_s = seconds_since(t0);
   return engine;
 }
@@ -211,6 +253,7 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& opts) {
 const ModelInfo& Engine::info() const { return impl_->info; }
 void Engine::set_threads(int threads) {
   at::set_num_threads(threads);
+  impl_->stepper->set_threads(threads);
   impl_->info.threads = threads;
 }
 bool Engine::has_tokenizer() const { return impl_->tokenizer != nullptr; }
@@ -219,21 +262,17 @@ const Tokenizer& Engine::tokenizer() const {
   return *impl_->tokenizer;
 }
 
-std::unique_ptr<Session> Engine::new_session() {
-  auto s = std::make_unique<Session::Impl>();
-  s->model = impl_->model.get();
-  s->tokenizer = impl_->tokenizer.get();
-  s->cache = impl_->model->new_cache(impl_->info.ctx);
-  s->threads = impl_->info.threads;
-  return std::unique_ptr<Session>(new Session(std::move(s)));
-}
+std::unique_ptr<Session> Engine::new_session() { return std::unique_ptr<Session>(new Session(impl_->scheduler.get())); }
+std::shared_ptr<Generation> Engine::submit(GenerateRequest req) { return impl_->scheduler->submit(std::move(req)); }
+SchedulerStats Engine::stats() const { return impl_->scheduler->stats(); }
+void Engine::shutdown() { impl_->scheduler->shutdown(); }
 
 std::vector<float> Engine::logits(const std::vector<int>& ids) {
   const int vocab = impl_->info.vocab_size;
   if (ids.empty()) throw std::invalid_argument("no token ids");
   for (int id : ids)
     if (id < 0 || id >= vocab) throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary (0.." + std::to_string(vocab - 1) + ")");
-  KVCache cache = impl_->model->new_cache(int(ids.size()));
+  KVCache cache = impl_->model->new_cache(int(ids.size()), impl_->kv_type);
   std::vector<float> out;
   out.reserve(ids.size() * size_t(vocab));
   for (size_t start = 0; start < ids.size(); start += kPrefillChunk) {
@@ -246,155 +285,14 @@ std::vector<float> Engine::logits(const std::vector<int>& ids) {
 
 // ---------------------------------------------------------------------------------------
 
-Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Session::~Session() = default;
-int Session::cached_tokens() const { return int(impl_->cached.size()); }
-void Session::reset() { impl_->cached.clear(); }
+int Session::cached_tokens() const { return cached_; }
+void Session::reset() { cached_ = 0; }
 
-namespace {
-
-// Holds back generated text that might be the start of a stop string.
-class StopMatcher {
- public:
-  explicit StopMatcher(const std::vector<std::string>& stops) : stops_(stops) {}
-  // Adds text; returns what can be shown now. Sets `stopped` when a stop string appears
-  // (the stop string and anything after it are dropped).
-  std::string push(const std::string& text, bool& stopped) {
-    pending_ += text;
-    size_t cut = std::string::npos;
-    for (const auto& s : stops_)
-      if (!s.empty()) cut = std::min(cut, pending_.find(s));
-    if (cut != std::string::npos) {
-      stopped = true;
-      std::string out = pending_.substr(0, cut);
-      pending_.clear();
-      return out;
-    }
-    size_t hold = 0;  // the longest suffix of pending_ that begins some stop string
-    for (const auto& s : stops_)
-      for (size_t n = std::min(s.size() - 1, pending_.size()); n > hold; --n)
-        if (pending_.compare(pending_.size() - n, n, s, 0, n) == 0) {
-          hold = n;
-          break;
-        }
-    std::string out = pending_.substr(0, pending_.size() - hold);
-    pending_.erase(0, pending_.size() - hold);
-    return out;
-  }
-  std::string flush() { return std::exchange(pending_, {}); }
-
- private:
-  const std::vector<std::string>& stops_;
-  std::string pending_;
-};
-
-}  // namespace
-
-GenerateResult Session::generate(const GenerateRequest& req, const std::function<bool(const TokenEvent&)>& on_token) {
-  Impl& s = *impl_;
-  const auto t0 = Clock::now();
-  // OpenMP thread counts are per calling thread: a server worker must set its own.
-  if (at::get_num_threads() != s.threads) at::set_num_threads(s.threads);
-  const int ctx = s.cache.ctx;
-  const int vocab = s.model->config().vocab_size;
-  const auto& prompt = req.prompt_ids;
-  if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
-  for (int id : prompt)
-    if (id < 0 || id >= vocab) throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary");
-  if (int(prompt.size()) >= ctx) throw ContextOverflow(int(prompt.size()), ctx);
-
-  // Reuse the cached prefix; at least the last prompt token is run again for its logits.
-  size_t common = 0;
-  while (common < s.cached.size() && common < prompt.size() && s.cached[common] == prompt[common]) ++common;
-  common = std::min(common, prompt.size() - 1);
-  s.cached.resize(common);
-
-  GenerateResult result;
-  Metrics& m = result.metrics;
-  m.prompt_tokens = int(prompt.size());
-  m.prompt_tokens_processed = int(prompt.size() - common);
-
-  torch::Tensor logits;
-  for (size_t start = common; start < prompt.size(); start += kPrefillChunk) {
-    std::vector<int> chunk(prompt.begin() + start, prompt.begin() + std::min(prompt.size(), start + kPrefillChunk));
-    logits = s.model->forward(chunk, int(start), s.cache, /*all_logits=*/false);
-    s.cached.insert(s.cached.end(), chunk.begin(), chunk.end());
-  }
-  const double prefill_s = seconds_since(t0);
-  m.prompt_tokens_per_s = prefill_s > 0 ? m.prompt_tokens_processed / prefill_s : 0;
-
-  const uint64_t seed = req.sampling.seed ? *req.sampling.seed : std::random_device{}();
-  Sampler sampler(req.sampling, seed);
-  std::optional<StreamingDecoder> decoder;
-  if (s.tokenizer) decoder.emplace(*s.tokenizer);
-  StopMatcher stop(req.stop);
-  const std::vector<int> no_eos;
-  const std::vector<int>& eos = (req.ignore_eos || !s.tokenizer) ? no_eos : s.tokenizer->eos_ids;
-
-  std::vector<int> history = prompt;
-  Clock::time_point t_first, t_last;
-  bool stopped = false;
-  result.finish_reason = "length";
-  while (int(result.ids.size()) < req.max_tokens) {
-    std::vector<float> row = row_to_vector(logits, 0);
-    std::optional<TokenLogprob> lp;
-    std::vector<float> raw;
-    if (req.top_logprobs >= 0) raw = row;  // logprobs describe the model, before penalties
-    const int id = sampler.sample(row, history, result.ids);
-    t_last = Clock::now();
-    if (result.ids.empty() && !stopped) t_first = t_last;
-    if (req.top_logprobs >= 0) {
-      lp = logprobs_of(raw, id, req.top_logprobs);
-      if (s.tokenizer) {
-        lp->text = s.tokenizer->token_bytes(id);
-      }
-    }
-    if (std::find(eos.begin(), eos.end(), id) != eos.end()) {
-      if (result.ids.empty()) t_first = t_last;
-      result.finish_reason = "stop";
-      break;
-    }
-    result.ids.push_back(id);
-    history.push_back(id);
-    if (lp) result.logprobs.push_back(*lp);
-
-    TokenEvent ev;
-    ev.id = id;
-    ev.logprob = lp;
-    if (decoder) ev.text = stop.push(decoder->push(id), stopped);
-    result.text += ev.text;
-    if (on_token && !on_token(ev)) {
-      result.finish_reason = "cancelled";
-      break;
-    }
-    if (stopped) {
-      result.finish_reason = "stop";
-      break;
-    }
-    if (int(result.ids.size()) >= req.max_tokens) break;
-    if (int(s.cached.size()) >= ctx) break;  // context full: "length"
-    logits = s.model->forward({id}, int(s.cached.size()), s.cache, /*all_logits=*/false);
-    s.cached.push_back(id);
-  }
-  if (decoder && !stopped && result.finish_reason != "cancelled") {
-    std::string tail = stop.push(decoder->flush(), stopped);
-    if (!stopped) tail += stop.flush();
-    if (stopped) result.finish_reason = "stop";
-    if (!tail.empty()) {
-      result.text += tail;
-      TokenEvent ev;  // the held-back end of the text, with no new token
-      ev.id = -1;
-      ev.text = tail;
-      if (on_token) on_token(ev);
-    }
-  }
-  const bool any = !result.ids.empty() || result.finish_reason == "stop";
-  m.completion_tokens = int(result.ids.size());
-  m.ttft_s = any ? std::chrono::duration<double>(t_first - t0).count() : seconds_since(t0);
-  const double decode_s = std::chrono::duration<double>(t_last - t_first).count();
-  m.decode_tokens_per_s = (m.completion_tokens > 1 && decode_s > 0) ? (m.completion_tokens - 1) / decode_s : 0;
-  m.total_time_s = seconds_since(t0);
-  return result;
+GenerateResult Session::generate(const GenerateRequest& req, const TokenCallback& on_token) {
+  GenerateResult r = scheduler_->submit(req)->wait(on_token);
+  cached_ = int(req.prompt_ids.size() + r.ids.size());
+  return r;
 }
 
 }  // namespace cpuchat

@@ -1,83 +1,201 @@
-// Causal grouped-query attention over the fp32 KV cache, in plain loops on libtorch's
-// thread pool. Why not torch::matmul: on Debian, libtorch's fp32 matmul goes to the
-// reference BLAS, and attention grows with the context: a 1B model decoding after a
-// 1024-token prompt fell from 67 to 20 tokens/s with it.
+// Causal grouped-query attention over a typed KV cache, flash-attention style: keys and
+// values are read in blocks, each block converted to fp32 once and used for a whole tile of
+// query rows (all query heads of one kv head), with an online softmax so no score matrix
+// of the whole context is ever held. Plain loops the compiler vectorizes (AVX-512/AVX2 on
+// x86 through target_clones, NEON on Arm), on libtorch's thread pool. Why not
+// torch::matmul: on Debian, libtorch's fp32 matmul goes to the reference BLAS.
 #include "model/attention.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 namespace cpuchat {
 namespace {
 
-// One (kv head, query) unit: the `group` query heads that share kv head h, for query row t
-// at position pos. K and V rows are each read once for the whole group.
-//   q, out: [group, hd]    k, v: [pos + 1, hd] rows of this kv head
+constexpr int kQueryTile = 8;  // query rows that share one pass over the keys
+constexpr int kKeyBlock = 64;  // keys converted to fp32 at a time
+
+inline float bf16_to_float(uint16_t b) {
+  const uint32_t bits = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t float_to_bf16(float f) {  // round to nearest even, as torch does
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffff) > 0x7f800000) return uint16_t((bits >> 16) | 0x40);  // NaN stays NaN
+  return uint16_t((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
+
+// Rows [first, first + n) of one kv head's keys or values as fp32 in `dst` ([n, hd]);
+// returns where the rows are (in place for fp32).
+const float* rows_fp32(KVType type, const void* base, const float* scales, int64_t first, int64_t n, int64_t hd,
+                       float* dst) {
+  switch (type) {
+    case KVType::FP32: return static_cast<const float*>(base) + first * hd;
+    case KVType::BF16: {
+      const uint16_t* src = static_cast<const uint16_t*>(base) + first * hd;
+      for (int64_t i = 0; i < n * hd; ++i) dst[i] = bf16_to_float(src[i]);
+      return dst;
+    }
+    case KVType::INT8: {
+      const int8_t* src = static_cast<const int8_t*>(base) + first * hd;
+      for (int64_t r = 0; r < n; ++r) {
+        const float s = scales[first + r];
+        for (int64_t i = 0; i < hd; ++i) dst[r * hd + i] = float(src[r * hd + i]) * s;
+      }
+      return dst;
+    }
+  }
+  return nullptr;
+}
+
+// One unit: query rows t0..t0+nq-1 of one sequence, the `group` query heads sharing kv head h.
+//   q: [T, n_heads, hd] (the sequence's queries), out: [T, n_heads * hd]
 #if defined(__x86_64__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-void attend_group(const float* q, const float* k, const float* v, int64_t n_keys, int group, int hd, float scale,
-                  float* scores /* [group, n_keys] */, float* out) {
-  for (int64_t s = 0; s < n_keys; ++s) {
-    const float* kr = k + s * hd;
-    for (int g = 0; g < group; ++g) {
-      const float* qg = q + g * hd;
-      float dot = 0;
-#pragma omp simd reduction(+ : dot)  // vector partial sums (no -ffast-math here)
-      for (int i = 0; i < hd; ++i) dot += qg[i] * kr[i];
-      scores[g * n_keys + s] = dot * scale;
+void attend_tile(const AttentionJob& job, int64_t h, int64_t t0, int64_t nq, int64_t n_heads, int64_t group,
+                 int64_t hd, float scale) {
+  const KVLayerView& kv = job.kv;
+  const int64_t rows = nq * group;  // (query row, head) pairs of this tile
+  std::vector<float> acc(size_t(rows * hd), 0.0f), m(size_t(rows), -std::numeric_limits<float>::infinity()),
+      l(size_t(rows), 0.0f), scores(size_t(rows * kKeyBlock)), kbuf(size_t(kKeyBlock * hd)),
+      vbuf(size_t(kKeyBlock * hd));
+  const size_t kv_elem = kv.type == KVType::FP32 ? 4 : kv.type == KVType::BF16 ? 2 : 1;
+  const char* k_head = static_cast<const char*>(kv.k) + h * kv.ctx * hd * kv_elem;
+  const char* v_head = static_cast<const char*>(kv.v) + h * kv.ctx * hd * kv_elem;
+  const float* ks = kv.k_scale ? kv.k_scale + h * kv.ctx : nullptr;
+  const float* vs = kv.v_scale ? kv.v_scale + h * kv.ctx : nullptr;
+  const int64_t last_pos = job.start_pos + t0 + nq - 1;  // the tile's last row sees keys 0..last_pos
+
+  for (int64_t s0 = 0; s0 <= last_pos; s0 += kKeyBlock) {
+    const int64_t nk = std::min<int64_t>(kKeyBlock, last_pos + 1 - s0);
+    const float* kb = rows_fp32(kv.type, k_head, ks, s0, nk, hd, kbuf.data());
+    const float* vb = rows_fp32(kv.type, v_head, vs, s0, nk, hd, vbuf.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t t = t0 + r / group, g = r % group;
+      const int64_t pos = job.start_pos + t;
+      if (s0 > pos) continue;  // the whole block lies in this row's future
+      const float* qr = job.q + (t * n_heads + h * group + g) * hd;
+      float* sc = scores.data() + r * kKeyBlock;
+      const int64_t visible = std::min<int64_t>(nk, pos + 1 - s0);
+      float block_max = -std::numeric_limits<float>::infinity();
+      for (int64_t s = 0; s < visible; ++s) {
+        const float* kr = kb + s * hd;
+        float dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t i = 0; i < hd; ++i) dot += qr[i] * kr[i];
+        sc[s] = dot * scale;
+        block_max = std::max(block_max, sc[s]);
+      }
+      // Online softmax: rescale what was accumulated under the old maximum.
+      const float new_max = std::max(m[r], block_max);
+      const float correction = std::exp(m[r] - new_max);
+      float sum = 0;
+      for (int64_t s = 0; s < visible; ++s) sum += (sc[s] = std::exp(sc[s] - new_max));
+      l[r] = l[r] * correction + sum;
+      m[r] = new_max;
+      float* a = acc.data() + r * hd;
+      if (correction != 1.0f)
+        for (int64_t i = 0; i < hd; ++i) a[i] *= correction;
+      for (int64_t s = 0; s < visible; ++s) {
+        const float p = sc[s];
+        const float* vr = vb + s * hd;
+#pragma omp simd
+        for (int64_t i = 0; i < hd; ++i) a[i] += p * vr[i];
+      }
     }
   }
-  for (int g = 0; g < group; ++g) {
-    float* sc = scores + g * n_keys;
-    const float max = *std::max_element(sc, sc + n_keys);
-    float sum = 0;
-    for (int64_t s = 0; s < n_keys; ++s) sum += (sc[s] = std::exp(sc[s] - max));
-    const float inv = 1.0f / sum;
-    for (int64_t s = 0; s < n_keys; ++s) sc[s] *= inv;
-    std::fill(out + g * hd, out + (g + 1) * hd, 0.0f);
-  }
-  for (int64_t s = 0; s < n_keys; ++s) {
-    const float* vr = v + s * hd;
-    for (int g = 0; g < group; ++g) {
-      const float p = scores[g * n_keys + s];
-      float* o = out + g * hd;
-      for (int i = 0; i < hd; ++i) o[i] += p * vr[i];
-    }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = t0 + r / group, g = r % group;
+    float* o = job.out + (t * n_heads + h * group + g) * hd;
+    const float inv = 1.0f / l[size_t(r)];
+    for (int64_t i = 0; i < hd; ++i) o[i] = acc[size_t(r * hd + i)] * inv;
   }
 }
 
 }  // namespace
 
-torch::Tensor causal_attention(const torch::Tensor& q_in, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-                               int start_pos) {
-  const torch::Tensor q = q_in.to(torch::kFloat32).contiguous();
-  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 3 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
-                  k_cache.scalar_type() == torch::kFloat32 && v_cache.scalar_type() == torch::kFloat32,
-              "causal_attention: expects q [T, heads, hd] and contiguous fp32 caches [kv_heads, ctx, hd]");
-  const int64_t T = q.size(0), n_heads = q.size(1), hd = q.size(2);
-  const int64_t n_kv = k_cache.size(0), ctx = k_cache.size(1);
-  TORCH_CHECK(n_heads % n_kv == 0 && k_cache.size(2) == hd && start_pos + T <= ctx, "causal_attention: bad shapes");
-  const int group = int(n_heads / n_kv);
+KVLayerView kv_layer(const KVCache& c, int layer) {
+  KVLayerView v;
+  v.type = c.type;
+  v.ctx = c.ctx;
+  v.k = static_cast<const char*>(c.k.data_ptr()) + layer * c.k.stride(0) * c.k.element_size();
+  v.v = static_cast<const char*>(c.v.data_ptr()) + layer * c.v.stride(0) * c.v.element_size();
+  if (c.type == KVType::INT8) {
+    v.k_scale = c.k_scale.data_ptr<float>() + layer * c.k_scale.stride(0);
+    v.v_scale = c.v_scale.data_ptr<float>() + layer * c.v_scale.stride(0);
+  }
+  return v;
+}
+
+void kv_store(KVCache& c, int layer, int start_pos, const float* k, const float* v, int64_t T, int64_t n_kv,
+              int64_t hd) {
+  TORCH_CHECK(start_pos >= 0 && start_pos + T <= c.ctx, "kv_store: positions past the KV cache");
+  for (int which = 0; which < 2; ++which) {
+    const float* src = which ? v : k;
+    torch::Tensor& dst = which ? c.v : c.k;
+    char* layer_base = static_cast<char*>(dst.data_ptr()) + layer * dst.stride(0) * dst.element_size();
+    float* scales = c.type == KVType::INT8
+                        ? (which ? c.v_scale : c.k_scale).data_ptr<float>() + layer * c.k_scale.stride(0)
+                        : nullptr;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < n_kv; ++h) {
+        const float* row = src + (t * n_kv + h) * hd;
+        const int64_t index = h * c.ctx + start_pos + t;  // row index in [n_kv, ctx]
+        switch (c.type) {
+          case KVType::FP32:
+            std::memcpy(reinterpret_cast<float*>(layer_base) + index * hd, row, size_t(hd) * 4);
+            break;
+          case KVType::BF16: {
+            uint16_t* d = reinterpret_cast<uint16_t*>(layer_base) + index * hd;
+            for (int64_t i = 0; i < hd; ++i) d[i] = float_to_bf16(row[i]);
+            break;
+          }
+          case KVType::INT8: {  // symmetric, one scale per row: max |x| maps to 127
+            float amax = 0;
+            for (int64_t i = 0; i < hd; ++i) amax = std::max(amax, std::fabs(row[i]));
+            const float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+            int8_t* d = reinterpret_cast<int8_t*>(layer_base) + index * hd;
+            for (int64_t i = 0; i < hd; ++i) d[i] = int8_t(std::lrintf(row[i] * inv));
+            scales[index] = s;
+            break;
+          }
+        }
+      }
+  }
+}
+
+void causal_attention(const std::vector<AttentionJob>& jobs, int64_t n_heads, int64_t n_kv, int64_t hd) {
+  TORCH_CHECK(n_heads % n_kv == 0, "causal_attention: heads must be a multiple of kv heads");
+  const int64_t group = n_heads / n_kv;
   const float scale = 1.0f / std::sqrt(float(hd));
-  torch::Tensor out = torch::empty({T, n_heads * hd}, torch::kFloat32);
-  const float *qp = q.data_ptr<float>(), *kp = k_cache.data_ptr<float>(), *vp = v_cache.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  // Units are (kv head, query row); query t sees keys 0..start_pos+t.
-  at::parallel_for(0, n_kv * T, 1, [&](int64_t u0, int64_t u1) {
-    std::vector<float> scores;
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t h = u / T, t = u % T, n_keys = start_pos + t + 1;
-      scores.resize(size_t(group * n_keys));
-      attend_group(qp + (t * n_heads + h * group) * hd, kp + h * ctx * hd, vp + h * ctx * hd, n_keys, group, int(hd),
-                   scale, scores.data(), op + (t * n_heads + h * group) * hd);
-    }
+  struct Unit { int32_t job; int32_t head; int64_t t0, nq; };
+  std::vector<Unit> units;
+  for (size_t j = 0; j < jobs.size(); ++j)
+    for (int64_t h = 0; h < n_kv; ++h)
+      for (int64_t t0 = 0; t0 < jobs[j].T; t0 += kQueryTile)
+        units.push_back({int32_t(j), int32_t(h), t0, std::min<int64_t>(kQueryTile, jobs[j].T - t0)});
+  // Later query tiles see more keys: hand them out first, dynamically, so the threads
+  // finish together. (The same OpenMP pool as at::parallel_for.)
+  std::stable_sort(units.begin(), units.end(), [&](const Unit& a, const Unit& b) {
+    return jobs[a.job].start_pos + a.t0 > jobs[b.job].start_pos + b.t0;
   });
-  return out;
+  const int64_t n_units = int64_t(units.size());
+  const int threads = int(std::min<int64_t>(at::get_num_threads(), n_units));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+  for (int64_t u = 0; u < n_units; ++u) {
+    const Unit& un = units[size_t(u)];
+    attend_tile(jobs[size_t(un.job)], un.head, un.t0, un.nq, n_heads, group, hd, scale);
+  }
 }
 
 }  // namespace cpuchat

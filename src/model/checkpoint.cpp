@@ -125,11 +125,7 @@ void Checkpoint::release_pages(const torch::Tensor& t) const {
 
 void Checkpoint::validate() const {
   const ModelConfig& c = config;
-  if (c.dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.vocab_size <= 0 ||
-      c.hidden_dim <= 0 || c.head_dim <= 0 || c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0)
-    throw std::runtime_error(path + ": inconsistent model config (dim " + std::to_string(c.dim) + ", heads " +
-                             std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv_heads) + ", head_dim " +
-                             std::to_string(c.head_dim) + ", vocab " + std::to_string(c.vocab_size) + ")");
+  validate_config(c, path);
   auto expect = [&](const std::string& name, std::vector<int64_t> shape) {
     const torch::Tensor& t = get(name);
     if (t.sizes() != c10::IntArrayRef(shape))

@@ -11,33 +11,9 @@
 
 #include "cpuchat/tokenizer.h"
 #include "model/mapped_file.h"
+#include "model/model_config.h"
 
 namespace cpuchat {
-
-struct RopeScaling {  // Llama 3.1 "llama3" scaling of the RoPE frequencies
-  bool enabled = false;
-  double factor = 1.0;
-  double low_freq_factor = 1.0;
-  double high_freq_factor = 4.0;
-  int original_max_position = 8192;
-};
-
-struct ModelConfig {
-  int dim = 0;          // hidden size
-  int hidden_dim = 0;   // FFN size
-  int n_layers = 0;
-  int n_heads = 0;
-  int n_kv_heads = 0;
-  int head_dim = 0;
-  int vocab_size = 0;
-  int max_position = 0;  // trained context length
-  double norm_eps = 1e-5;
-  double rope_theta = 10000.0;
-  RopeScaling rope_scaling;
-  bool tied_embeddings = false;
-  int bos_id = -1;
-  std::vector<int> eos_ids;
-};
 
 // The per-pair RoPE inverse frequencies after llama3 scaling (head_dim/2 values).
 std::vector<double> rope_inv_freq(const ModelConfig& c);

@@ -1,93 +1,16 @@
 // GGUF (v2/v3) files with float tensors (F32, F16, BF16) of the llama architecture,
-// and the tokenizer they embed. Layout: magic "GGUF", version, tensor and key/value
-// counts, the key/values, the tensor infos, then aligned tensor data we view via mmap.
+// and the tokenizer they embed. The header is parsed (and every tensor range checked) by
+// parse_gguf; here tensors become views into the mmap.
 #include <stdexcept>
-#include <variant>
 
 #include "model/checkpoint.h"
+#include "model/gguf_file.h"
 
 namespace cpuchat {
 
 namespace {
 
-enum GgufType : uint32_t {
-  U8 = 0, I8, U16, I16, U32, I32, F32, BOOL, STRING, ARRAY, U64, I64, F64
-};
-
-// A value from the key/value section; arrays keep their elements.
-struct GgufValue {
-  std::variant<int64_t, uint64_t, double, bool, std::string> scalar;
-  std::vector<GgufValue> array;
-  bool is_array = false;
-};
-
-class GgufReader {
- public:
-  GgufReader(const MappedFile& f) : f_(f) {}
-  size_t pos = 0;
-
-  template <typename T>
-  T read() {
-    need(sizeof(T));
-    T v;
-    std::memcpy(&v, f_.data() + pos, sizeof(T));
-    pos += sizeof(T);
-    return v;
-  }
-  std::string read_string() {
-    const uint64_t n = read<uint64_t>();
-    need(n);
-    std::string s(reinterpret_cast<const char*>(f_.data() + pos), n);
-    pos += n;
-    return s;
-  }
-  GgufValue read_value(uint32_t type, int depth = 0) {
-    GgufValue v;
-    switch (type) {
-      case U8: v.scalar = uint64_t(read<uint8_t>()); break;
-      case I8: v.scalar = int64_t(read<int8_t>()); break;
-      case U16: v.scalar = uint64_t(read<uint16_t>()); break;
-      case I16: v.scalar = int64_t(read<int16_t>()); break;
-      case U32: v.scalar = uint64_t(read<uint32_t>()); break;
-      case I32: v.scalar = int64_t(read<int32_t>()); break;
-      case F32: v.scalar = double(read<float>()); break;
-      case BOOL: v.scalar = read<uint8_t>() != 0; break;
-      case STRING: v.scalar = read_string(); break;
-      case U64: v.scalar = read<uint64_t>(); break;
-      case I64: v.scalar = read<int64_t>(); break;
-      case F64: v.scalar = read<double>(); break;
-      case ARRAY: {
-        if (depth > 2) fail("nested arrays too deep");
-        const uint32_t elem = read<uint32_t>();
-        const uint64_t n = read<uint64_t>();
-        if (n > f_.size() - pos) fail("truncated GGUF file (an array runs past the end)");
-        v.is_array = true;
-        v.array.reserve(n);
-        for (uint64_t i = 0; i < n; ++i) v.array.push_back(read_value(elem, depth + 1));
-        break;
-      }
-      default: fail("unknown metadata value type " + std::to_string(type));
-    }
-    return v;
-  }
-  [[noreturn]] void fail(const std::string& what) const {
-    throw std::runtime_error(f_.path() + ": " + what);
-  }
-
- private:
-  void need(uint64_t n) const {
-    if (n > f_.size() - pos) fail("truncated GGUF file (a header field runs past the end)");
-  }
-  const MappedFile& f_;
-};
-
-double as_number(const GgufValue& v) {
-  if (auto p = std::get_if<int64_t>(&v.scalar)) return double(*p);
-  if (auto p = std::get_if<uint64_t>(&v.scalar)) return double(*p);
-  if (auto p = std::get_if<double>(&v.scalar)) return *p;
-  if (auto p = std::get_if<bool>(&v.scalar)) return *p;
-  throw std::runtime_error("not a number");
-}
+[[noreturn]] void fail(const std::string& file, const std::string& what) { throw std::runtime_error(file + ": " + what); }
 
 }  // namespace
 
@@ -96,50 +19,26 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
   ck.path = file;
   ck.format = "gguf";
   auto mf = MappedFile::open(file);
-  GgufReader r(*mf);
-  if (mf->size() < 4 || std::memcmp(mf->data(), "GGUF", 4) != 0) r.fail("not a GGUF file (wrong magic)");
-  r.pos = 4;
-  const uint32_t version = r.read<uint32_t>();
-  if (version != 2 && version != 3) r.fail("unsupported GGUF version " + std::to_string(version) + " (supported: 2, 3)");
-  const uint64_t n_tensors = r.read<uint64_t>();
-  const uint64_t n_kv = r.read<uint64_t>();
-  if (n_tensors > (1u << 20) || n_kv > (1u << 20)) r.fail("implausible tensor or key count (corrupt header)");
-
-  std::map<std::string, GgufValue> kv;
-  for (uint64_t i = 0; i < n_kv; ++i) {
-    std::string key = r.read_string();
-    const uint32_t type = r.read<uint32_t>();
-    kv[key] = r.read_value(type);
-  }
-  auto num = [&](const std::string& key, std::optional<double> fallback = std::nullopt) -> double {
-    auto it = kv.find(key);
-    if (it == kv.end()) {
-      if (fallback) return *fallback;
-      r.fail("missing metadata key " + key);
-    }
-    try {
-      return as_number(it->second);
-    } catch (...) {
-      r.fail("metadata key " + key + " is not a number");
-    }
+  const GgufFile g = parse_gguf(mf->data(), mf->size(), file);
+  auto num = [&](const std::string& key, std::optional<double> fallback = std::nullopt) {
+    return gguf_number(g, key, file, fallback);
   };
-  auto str = [&](const std::string& key) -> std::string {
-    auto it = kv.find(key);
-    if (it == kv.end()) return "";
-    auto p = std::get_if<std::string>(&it->second.scalar);
-    return p ? *p : "";
+  auto integer = [&](const char* key, std::optional<double> fallback = std::nullopt) {
+    return config_int(num(key, fallback), file, key);
   };
+  auto str = [&](const std::string& key) { return gguf_string(g, key); };
+  const auto& kv = g.kv;
   const std::string arch = str("general.architecture");
-  if (arch != "llama") r.fail("unsupported architecture \"" + arch + "\" (supported: llama)");
+  if (arch != "llama") fail(file, "unsupported architecture \"" + arch + "\" (supported: llama)");
 
   ModelConfig& c = ck.config;
-  c.dim = int(num("llama.embedding_length"));
-  c.hidden_dim = int(num("llama.feed_forward_length"));
-  c.n_layers = int(num("llama.block_count"));
-  c.n_heads = int(num("llama.attention.head_count"));
-  c.n_kv_heads = int(num("llama.attention.head_count_kv", c.n_heads));
-  c.head_dim = c.n_heads > 0 ? int(num("llama.attention.key_length", c.dim / c.n_heads)) : 0;
-  c.max_position = int(num("llama.context_length", 2048));
+  c.dim = integer("llama.embedding_length");
+  c.hidden_dim = integer("llama.feed_forward_length");
+  c.n_layers = integer("llama.block_count");
+  c.n_heads = integer("llama.attention.head_count");
+  c.n_kv_heads = integer("llama.attention.head_count_kv", c.n_heads);
+  c.head_dim = c.n_heads > 0 ? integer("llama.attention.key_length", c.dim / c.n_heads) : 0;
+  c.max_position = integer("llama.context_length", 2048);
   c.norm_eps = num("llama.attention.layer_norm_rms_epsilon", 1e-5);
   c.rope_theta = num("llama.rope.freq_base", 10000.0);
   if (str("llama.rope.scaling.type") == "llama3" || kv.count("llama.rope.scaling.factor")) {
@@ -148,47 +47,21 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
     c.rope_scaling.factor = num("llama.rope.scaling.factor", 8.0);
     c.rope_scaling.low_freq_factor = num("llama.rope.scaling.low_freq_factor", 1.0);
     c.rope_scaling.high_freq_factor = num("llama.rope.scaling.high_freq_factor", 4.0);
-    c.rope_scaling.original_max_position = int(num("llama.rope.scaling.original_context_length", 8192));
+    c.rope_scaling.original_max_position = integer("llama.rope.scaling.original_context_length", 8192);
   }
-
-  // Tensor infos.
-  struct Info { std::string name; std::vector<int64_t> shape; torch::ScalarType dtype; uint64_t offset; };
-  std::vector<Info> infos;
-  for (uint64_t i = 0; i < n_tensors; ++i) {
-    Info info;
-    info.name = r.read_string();
-    const uint32_t n_dims = r.read<uint32_t>();
-    if (n_dims == 0 || n_dims > 4) r.fail("tensor " + info.name + " has " + std::to_string(n_dims) + " dimensions");
-    std::vector<int64_t> ne(n_dims);
-    for (auto& d : ne) {
-      d = int64_t(r.read<uint64_t>());
-      if (d <= 0 || d > (int64_t(1) << 32)) r.fail("tensor " + info.name + " has an implausible dimension");
-    }
-    info.shape.assign(ne.rbegin(), ne.rend());  // GGUF lists the fastest-varying dimension first
-    const uint32_t type = r.read<uint32_t>();
-    switch (type) {
-      case 0: info.dtype = torch::kFloat32; break;
-      case 1: info.dtype = torch::kFloat16; break;
-      case 30: info.dtype = torch::kBFloat16; break;
-      default: r.fail("tensor " + info.name + " has unsupported ggml type " + std::to_string(type) +
-                      " (supported: F32, F16, BF16; quantized GGUF files are not)");
-    }
-    info.offset = r.read<uint64_t>();
-    infos.push_back(info);
-  }
-  const uint64_t alignment = uint64_t(num("general.alignment", 32));
-  if (alignment == 0 || (alignment & (alignment - 1))) r.fail("general.alignment is not a power of two");
-  const uint64_t data_start = (r.pos + alignment - 1) / alignment * alignment;
 
   std::map<std::string, torch::Tensor> raw;
-  for (const auto& info : infos) {
-    int64_t numel = 1;
-    for (int64_t d : info.shape) numel *= d;
-    const uint64_t nbytes = uint64_t(numel) * c10::elementSize(info.dtype);
-    if (data_start + info.offset + nbytes > mf->size())
-      r.fail("tensor " + info.name + " lies past the end of the file (truncated?)");
-    void* p = const_cast<uint8_t*>(mf->data() + data_start + info.offset);
-    raw[info.name] = torch::from_blob(p, info.shape, info.dtype);
+  for (const GgufTensorInfo& t : g.tensors) {
+    torch::ScalarType dtype;
+    switch (t.type) {
+      case 0: dtype = torch::kFloat32; break;
+      case 1: dtype = torch::kFloat16; break;
+      case 30: dtype = torch::kBFloat16; break;
+      default: fail(file, "tensor " + t.name + " has unsupported ggml type " + ggml_type_info(t.type)->name +
+                    " (supported: F32, F16, BF16; quantized GGUF files are not)");
+    }
+    void* p = const_cast<uint8_t*>(mf->data() + g.data_start + t.offset);
+    raw[t.name] = torch::from_blob(p, t.shape, dtype);
   }
   ck.files.push_back(mf);
 
@@ -199,37 +72,17 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
   adopt_tensors(raw, kGgufNames, file, ck);
   auto vocab_it = kv.find("tokenizer.ggml.tokens");
   c.vocab_size = vocab_it != kv.end() && vocab_it->second.is_array ? int(vocab_it->second.array.size())
-                                                                     : int(num("llama.vocab_size", 0));
+                                                                     : integer("llama.vocab_size", 0);
   if (ck.tensors.count("model.embed_tokens.weight") && c.vocab_size == 0)
     c.vocab_size = int(ck.tensors["model.embed_tokens.weight"].size(0));
   ck.validate();
   reorder_qk_to_rotate_half(ck);  // llama.cpp's converter stores q/k in interleaved-pair order
 
   // The embedded tokenizer.
-  c.bos_id = int(num("tokenizer.ggml.bos_token_id", -1));
-  const int eos = int(num("tokenizer.ggml.eos_token_id", -1));
+  c.bos_id = integer("tokenizer.ggml.bos_token_id", -1);
+  const int eos = integer("tokenizer.ggml.eos_token_id", -1);
   if (eos >= 0) c.eos_ids = {eos};
-  if (vocab_it != kv.end() && vocab_it->second.is_array) {
-    std::vector<std::string> tokens;
-    for (const auto& t : vocab_it->second.array) tokens.push_back(std::get<std::string>(t.scalar));
-    std::vector<int> types;
-    if (kv.count("tokenizer.ggml.token_type"))
-      for (const auto& t : kv["tokenizer.ggml.token_type"].array) types.push_back(int(as_number(t)));
-    const std::string model = str("tokenizer.ggml.model");
-    if (model == "llama") {
-      std::vector<float> scores;
-      if (kv.count("tokenizer.ggml.scores"))
-        for (const auto& s : kv["tokenizer.ggml.scores"].array) scores.push_back(float(as_number(s)));
-      ck.embedded_tokenizer = make_score_bpe_tokenizer(std::move(tokens), std::move(scores), std::move(types), c.bos_id, eos);
-    } else if (model == "gpt2") {
-      std::vector<std::string> merges;
-      if (kv.count("tokenizer.ggml.merges"))
-        for (const auto& m : kv["tokenizer.ggml.merges"].array) merges.push_back(std::get<std::string>(m.scalar));
-      ck.embedded_tokenizer = make_byte_bpe_tokenizer(std::move(tokens), std::move(merges), std::move(types));
-    } else {
-      r.fail("unsupported embedded tokenizer model \"" + model + "\" (supported: llama, gpt2)");
-    }
-  }
+  ck.embedded_tokenizer = gguf_tokenizer(g, file, c.bos_id, eos);
   return ck;
 }
 

@@ -4,14 +4,19 @@
 // them uncompressed and aligned), so nothing is copied.
 #include <caffe2/serialize/inline_container.h>
 #include <dirent.h>
+#include <unistd.h>
 #include <torch/csrc/jit/serialization/unpickler.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "common/checked_math.h"
+#include "common/regular_file.h"
 #include "model/checkpoint.h"
+#include "model/json_fields.h"
 
 namespace cpuchat {
 
@@ -68,8 +73,7 @@ std::map<std::string, torch::Tensor> read_pth(const std::string& file, std::shar
       torch::Tensor t = kv.value().toTensor();
       // The storage must lie inside the file: a truncated .pth fails here, not on first use.
       const auto* base = static_cast<const uint8_t*>(t.storage().data());
-      const size_t end = size_t(base - mf->data()) + t.storage().nbytes();
-      if (end > mf->size())
+      if (base < mf->data() || !range_inside(uint64_t(base - mf->data()), t.storage().nbytes(), mf->size()))
         throw std::runtime_error(file + ": tensor " + kv.key().toStringRef() + " lies past the end of the file (truncated?)");
       out[kv.key().toStringRef()] = t;
     }
@@ -83,9 +87,11 @@ std::map<std::string, torch::Tensor> read_pth(const std::string& file, std::shar
 
 // Meta's FFN size: 2/3 of 4*dim, scaled, rounded up to a multiple.
 int meta_ffn_dim(int dim, int multiple_of, double multiplier) {
-  int hidden = int(2 * (4 * dim) / 3);
-  if (multiplier > 0) hidden = int(multiplier * hidden);
-  return multiple_of * ((hidden + multiple_of - 1) / multiple_of);
+  double hidden = double(2 * (4 * int64_t(dim)) / 3);
+  if (multiplier > 0) hidden = std::floor(multiplier * hidden);
+  if (!(hidden < double(1 << 30))) return -1;  // validate_config reports it as hidden_dim
+  const int64_t h = int64_t(hidden);
+  return int(multiple_of * ((h + multiple_of - 1) / multiple_of));
 }
 
 }  // namespace
@@ -96,31 +102,29 @@ Checkpoint load_meta_checkpoint(const std::string& dir) {
   ck.format = "meta";
   const std::string params_path = dir + "/params.json";
   json p;
-  {
-    std::ifstream in(params_path);
-    try {
-      p = json::parse(in);
-    } catch (const json::exception& e) {
-      throw std::runtime_error(params_path + ": malformed JSON (" + std::string(e.what()) + ")");
-    }
-  }
-  ModelConfig& c = ck.config;
   try {
-    c.dim = p.at("dim").get<int>();
-    c.n_layers = p.at("n_layers").get<int>();
-    c.n_heads = p.at("n_heads").get<int>();
-    c.n_kv_heads = p.value("n_kv_heads", c.n_heads);
-    c.vocab_size = p.at("vocab_size").get<int>();
-    c.norm_eps = p.value("norm_eps", 1e-5);
-    c.rope_theta = p.value("rope_theta", 10000.0);
-    c.hidden_dim = meta_ffn_dim(c.dim, p.value("multiple_of", 256),
-                                p.contains("ffn_dim_multiplier") && p["ffn_dim_multiplier"].is_number()
-                                    ? p["ffn_dim_multiplier"].get<double>() : 0.0);
+    p = json::parse(read_regular_file(params_path, 1u << 20));
   } catch (const json::exception& e) {
-    throw std::runtime_error(params_path + ": missing or mistyped field (" + std::string(e.what()) + ")");
+    throw std::runtime_error(params_path + ": malformed JSON (" + std::string(e.what()) + ")");
   }
+  if (!p.is_object()) throw std::runtime_error(params_path + ": not a JSON object");
+  const JsonFields f(p, params_path);
+  ModelConfig& c = ck.config;
+  c.dim = f.integer("dim");
+  c.n_layers = f.integer("n_layers");
+  c.n_heads = f.integer("n_heads");
+  c.n_kv_heads = f.integer("n_kv_heads", c.n_heads);
+  c.vocab_size = f.integer("vocab_size");
+  c.norm_eps = f.number("norm_eps", 1e-5);
+  c.rope_theta = f.number("rope_theta", 10000.0);
+  const int multiple_of = f.integer("multiple_of", 256);
+  if (multiple_of <= 0 || multiple_of > (1 << 16))
+    throw std::runtime_error(params_path + ": multiple_of is " + std::to_string(multiple_of) + " (must be between 1 and 65536)");
+  if (c.dim <= 0 || c.dim > (1 << 17))
+    throw std::runtime_error(params_path + ": dim is " + std::to_string(c.dim) + " (must be between 1 and 131072)");
+  c.hidden_dim = meta_ffn_dim(c.dim, multiple_of, f.number("ffn_dim_multiplier", 0.0));
   c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
-  if (p.value("use_scaled_rope", false)) {  // Llama 3.1: Meta's apply_scaling constants
+  if (f.boolean("use_scaled_rope", false)) {  // Llama 3.1: Meta's apply_scaling constants
     c.rope_scaling = RopeScaling{true, 8.0, 1.0, 4.0, 8192};
     c.max_position = 131072;
   } else {
@@ -148,7 +152,7 @@ Checkpoint load_meta_checkpoint(const std::string& dir) {
                              std::to_string(c.hidden_dim) + " but w1 has " + std::to_string(gate.size(0)) + " rows");
   ck.validate();  // shapes first, then the q/k reorder that relies on them
   reorder_qk_to_rotate_half(ck);
-  if (std::ifstream(dir + "/tokenizer.model").good()) ck.tokenizer_path = dir + "/tokenizer.model";
+  if (access((dir + "/tokenizer.model").c_str(), F_OK) == 0) ck.tokenizer_path = dir + "/tokenizer.model";
   // Llama 3 specials (Meta numbers them after the 128000 ranks); eos per Llama 3.1.
   if (c.vocab_size >= 128256) {
     c.bos_id = 128000;

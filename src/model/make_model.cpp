@@ -1,5 +1,7 @@
 #include "model/make_model.h"
 
+#include "common/regular_file.h"
+
 #include <filesystem>
 
 #include <cstdio>
@@ -189,11 +191,10 @@ int64_t make_model(const MakeModelOptions& o) {
   std::ofstream(o.out_dir + "/config.json") << cfg.dump(2) << "\n";
   std::ofstream(o.out_dir + "/generation_config.json") << json{{"bos_token_id", c.bos_id}, {"eos_token_id", c.eos_ids}}.dump(2) << "\n";
   if (!o.tokenizer.empty()) {
-    std::ifstream src(o.tokenizer, std::ios::binary);
-    if (!src) throw std::runtime_error(o.tokenizer + ": cannot open");
+    const std::string contents = read_regular_file(o.tokenizer, size_t(1) << 30);
     const auto slash = o.tokenizer.find_last_of('/');
     std::ofstream(o.out_dir + "/" + (slash == std::string::npos ? o.tokenizer : o.tokenizer.substr(slash + 1)), std::ios::binary)
-        << src.rdbuf();
+        << contents;
   }
   return total;
 }

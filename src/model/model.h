@@ -38,10 +38,28 @@ struct RopeTable {
   std::vector<float> cos, sin;
 };
 
-// Keys and values of every layer for one sequence: [n_layers, n_kv_heads, ctx, head_dim].
+// Keys and values of every layer for one sequence: [n_layers, n_kv_heads, ctx, head_dim],
+// stored as fp32, bf16, or int8 with one fp32 scale per (layer, head, position) row.
 struct KVCache {
-  torch::Tensor k, v;
+  KVType type = KVType::FP32;
+  torch::Tensor k, v;              // fp32 / bf16 / int8
+  torch::Tensor k_scale, v_scale;  // int8 only: fp32 [n_layers, n_kv_heads, ctx]
   int ctx = 0;
+};
+// Bytes one cached position costs in every layer (keys + values, scales included).
+int64_t kv_bytes_per_token(const ModelConfig& c, KVType type);
+// Copies positions [0, n) of every layer from one cache into another of the same type.
+void copy_kv_prefix(const KVCache& from, KVCache& to, int n);
+
+// One sequence's share of a batched forward step: `n` tokens at positions start_pos.. of
+// `cache`. `logits`: return the logits of its last row (all_logits: of every row).
+struct SeqSpan {
+  KVCache* cache = nullptr;
+  int start_pos = 0;
+  const int* tokens = nullptr;
+  int n = 0;
+  bool logits = true;
+  bool all_logits = false;
 };
 
 class Model {
@@ -56,9 +74,12 @@ class Model {
   int64_t weight_bytes_per_token() const;
   int64_t n_params() const { return n_params_; }
 
-  KVCache new_cache(int ctx) const;
-  // Runs tokens at positions start_pos.. through the model, filling the cache.
-  // Returns fp32 logits [tokens.size(), vocab] if all_logits, else [1, vocab] for the last.
+  KVCache new_cache(int ctx, KVType type = KVType::FP32) const;
+  // One forward step over several sequences: their rows go through every linear layer
+  // together (one M = total rows matmul), attention runs per sequence over its own cache.
+  // Returns fp32 logits [rows wanted, vocab], in span order.
+  torch::Tensor forward_batch(const std::vector<SeqSpan>& spans) const;
+  // One sequence: tokens at positions start_pos.. Returns [tokens.size() or 1, vocab].
   torch::Tensor forward(const std::vector<int>& tokens, int start_pos, KVCache& cache, bool all_logits) const;
 
  private:
@@ -67,7 +88,7 @@ class Model {
     std::unique_ptr<Linear> wq, wk, wv, wo, w_gate, w_up, w_down;
   };
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const;
-  RopeTable rope_table(int start_pos, int T) const;                 // cos/sin of T positions
+  RopeTable rope_table(const std::vector<int>& positions) const;   // cos/sin of each row's position
   void apply_rope(torch::Tensor& x, const RopeTable& rope) const;   // in place, x [T, heads, head_dim]
 
   ModelConfig config_;

@@ -10,7 +10,16 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include <ATen/Parallel.h>
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+#include "common/regular_file.h"
+#include "common/xxhash64.h"
 #include "cpuchat_kernels/int4_matmul.h"
+#include "model/packed_cache_format.h"
 
 namespace cpuchat {
 
@@ -19,22 +28,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-constexpr char kMagic[8] = {'C', 'P', 'U', 'C', 'H', 'A', 'T', 'P'};
-constexpr uint32_t kFormatVersion = 1;
-// Blobs need 64-byte alignment (PackedWeights::view); 4096 also keeps them on their own pages
-// on 4 KiB-page kernels. On 64 KiB-page aarch64 kernels (some Graviton distributions) the whole
-// file is still one mapping, so nothing depends on the page size here (file format unchanged).
-constexpr uint64_t kBlobAlign = 4096;
-
-struct FileHeader {
-  char magic[8];
-  uint32_t version;
-  uint32_t reserved;
-  uint64_t index_offset;
-  uint64_t index_bytes;
-};
-static_assert(sizeof(FileHeader) == 32, "written raw");
 
 std::string active_layout_name() { return kn::layout_name(kn::layout_for_isa(kn::active_isa())); }
 
@@ -47,17 +40,59 @@ std::string PackedCache::path_for(const std::string& model_path, QuantScheme qua
   return model_path + "." + name;
 }
 
+namespace {
+
+// Identifies a file by content without reading all of it: its size, its first 16 MiB (every
+// format's header, GGUF's tokenizer included) and 64 evenly spaced 64 KiB samples plus the
+// tail. ~20 MB read per file, so a different checkpoint of the same size is not mistaken
+// for the one the cache was made from.
+std::string content_sample_hash(const MappedFile& f) {
+  constexpr uint64_t kHead = 16u << 20, kSample = 64u << 10, kSamples = 64;
+  const uint64_t size = f.size();
+  uint64_t h = xxhash64(f.data(), std::min(size, kHead));
+  if (size > kHead) {
+    for (uint64_t i = 0; i <= kSamples; ++i) {
+      const uint64_t at = std::min(size - kSample, kHead + (size - kHead) / kSamples * i);
+      h = xxhash64(f.data() + at, kSample, h);
+    }
+  }
+  f.release(f.data(), size);  // sampling only: let these pages go
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
+struct AnonymousMemory {
+  void* data = nullptr;
+  size_t bytes = 0;
+  ~AnonymousMemory() {
+    if (data) munmap(data, bytes);
+  }
+};
+
+// pread until `bytes` are in or the file ends; false on an error or a short file.
+bool read_fully(int fd, void* dst, uint64_t bytes, uint64_t offset) {
+  auto* p = static_cast<uint8_t*>(dst);
+  while (bytes > 0) {
+    const ssize_t n = pread(fd, p, std::min<uint64_t>(bytes, 1u << 30), off_t(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    bytes -= uint64_t(n);
+    offset += uint64_t(n);
+  }
+  return true;
+}
+
+}  // namespace
+
 std::string PackedCache::fingerprint(const Checkpoint& ck, QuantScheme quant) {
   json j = {{"quant", quant_name(quant)},
             {"layout", active_layout_name()},
             {"kernels_packed_version", kn::PackedHeader::kVersion},
             {"files", json::array()}};
-  for (const auto& f : ck.files) {
-    struct stat st {};
-    const bool ok = stat(f->path().c_str(), &st) == 0;
-    j["files"].push_back({fs::path(f->path()).filename().string(), ok ? int64_t(st.st_size) : -1,
-                          ok ? int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec : -1});
-  }
+  for (const auto& f : ck.files)
+    j["files"].push_back({fs::path(f->path()).filename().string(), f->size(), content_sample_hash(*f)});
   return j.dump();
 }
 
@@ -75,40 +110,72 @@ PackedCache PackedCache::open(const std::string& path, const std::string& finger
     empty.fingerprint_ = fingerprint;
     return empty;
   };
-  std::shared_ptr<MappedFile> file;
+  int fd = -1;
   try {
-    file = MappedFile::open(path);
+    fd = open_regular_file(path);
   } catch (const std::exception& e) {
     return reject(e.what());
   }
-  FileHeader h{};
-  if (file->size() < sizeof h) return reject("truncated header");
-  std::memcpy(&h, file->data(), sizeof h);
-  if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0) return reject("not a cpuchat packed cache");
-  if (h.version != kFormatVersion) return reject("format version " + std::to_string(h.version));
-  if (h.index_offset > file->size() || h.index_bytes > file->size() - h.index_offset) return reject("index past the end");
-  json index;
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  fstat(fd, &st);
+  const uint64_t file_size = uint64_t(st.st_size);
+  PackedCacheHeader h{};
+  PackedCacheIndex index;
   try {
-    index = json::parse(file->data() + h.index_offset, file->data() + h.index_offset + h.index_bytes);
-    if (index.at("fingerprint").get<std::string>() != fingerprint) return reject("made from other files or settings");
-    for (const auto& [name, where] : index.at("tensors").items()) {
-      const uint64_t offset = where.at(0), bytes = where.at(1);
-      if (offset % kBlobAlign != 0 || offset > h.index_offset || bytes > h.index_offset - offset || bytes <= 64)
-        return reject("tensor " + name + " out of bounds");
+    char head[sizeof(PackedCacheHeader)] = {};
+    const bool got_head = read_fully(fd, head, sizeof head, 0);
+    h = parse_packed_cache_header(head, got_head ? sizeof head : 0, file_size);
+    std::string text(h.index_bytes, '\0');
+    if (!read_fully(fd, text.data(), text.size(), h.index_offset)) return reject("cannot read the index");
+    index = parse_packed_cache_index(text.data(), text.size(), h);
+  } catch (const std::exception& e) {
+    return reject(e.what());
+  }
+  if (index.fingerprint != fingerprint) return reject("made from other files or settings");
+
+  // Read every blob into anonymous memory and check it, the blobs spread over the threads.
+  auto memory = std::make_shared<AnonymousMemory>();
+  memory->bytes = h.index_offset;
+  void* p = mmap(nullptr, memory->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return reject(std::string("cannot allocate memory: ") + std::strerror(errno));
+  memory->data = p;
+  auto* base = static_cast<uint8_t*>(p);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::pair<std::string, PackedCacheBlob>> blobs(index.blobs.begin(), index.blobs.end());
+  std::vector<std::string> problems(blobs.size());
+  at::parallel_for(0, int64_t(blobs.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const auto& [name, b] = blobs[size_t(i)];
+      if (!read_fully(fd, base + b.offset, b.bytes, b.offset)) {
+        problems[size_t(i)] = "tensor " + name + " truncated";
+      } else if (xxhash64(base + b.offset, b.bytes) != b.checksum) {
+        problems[size_t(i)] = "tensor " + name + " fails its checksum (corrupted)";
+      }
+    }
+  });
+  for (const auto& problem : problems)
+    if (!problem.empty()) return reject(problem);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::info("packed cache: read and checksummed {:.3f} GB in {:.3f} s ({:.2f} GB/s)", h.index_offset / 1e9, seconds,
+               h.index_offset / 1e9 / std::max(seconds, 1e-9));
+  try {
+    for (const auto& [name, b] : blobs) {
       kn::PackedHeader ph;
-      std::memcpy(&ph, file->data() + offset, sizeof ph);
-      kn::PackedWeights::view(ph, file->data() + offset + 64);  // validates the header
-      if (ph.byte_size + 64 > bytes) return reject("tensor " + name + " truncated");
-      // The map is read-only and outlives every view: each tensor holds the file.
-      cache.tensors_[name] = torch::from_blob(
-          const_cast<uint8_t*>(file->data() + offset), {int64_t(bytes)}, [file](void*) {}, torch::kUInt8);
+      std::memcpy(&ph, base + b.offset, sizeof ph);
+      kn::PackedWeights::view(ph, base + b.offset + 64);  // validates the header
+      if (ph.byte_size + 64 > b.bytes) return reject("tensor " + name + " truncated");
+      // Each view holds the memory: it lives as long as any tensor using it.
+      cache.tensors_[name] = torch::from_blob(base + b.offset, {int64_t(b.bytes)}, [memory](void*) {}, torch::kUInt8);
     }
   } catch (const std::exception& e) {
-    return reject(std::string("bad index: ") + e.what());
+    return reject(std::string("bad blob: ") + e.what());
   }
-  // Start reading the whole file in now, so the first answer does not wait on page faults.
-  madvise(const_cast<uint8_t*>(file->data()), file->size(), MADV_WILLNEED);
-  cache.file_ = std::move(file);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);  // we hold a copy; the page cache need not
+  cache.memory_ = memory;
   return cache;
 }
 
@@ -130,17 +197,17 @@ uint64_t PackedCache::save() const {
     pos += n;
   };
   auto pad_to = [&](uint64_t align) {
-    static const char zeros[kBlobAlign] = {};
+    static const char zeros[kPackedBlobAlign] = {};
     if (pos % align) write(zeros, align - pos % align);
   };
-  FileHeader h{};
-  std::memcpy(h.magic, kMagic, sizeof kMagic);
-  h.version = kFormatVersion;
+  PackedCacheHeader h{};
+  std::memcpy(h.magic, PackedCacheHeader::kMagic, sizeof h.magic);
+  h.version = PackedCacheHeader::kVersion;
   write(&h, sizeof h);
   json index = {{"fingerprint", fingerprint_}, {"tensors", json::object()}};
   for (const auto& [name, t] : recorded_) {
-    pad_to(kBlobAlign);
-    index["tensors"][name] = {pos, uint64_t(t.numel())};
+    pad_to(kPackedBlobAlign);
+    index["tensors"][name] = {pos, uint64_t(t.numel()), xxhash64(t.data_ptr<uint8_t>(), uint64_t(t.numel()))};
     write(t.data_ptr<uint8_t>(), uint64_t(t.numel()));
   }
   const std::string text = index.dump();

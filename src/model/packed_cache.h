@@ -1,13 +1,12 @@
 // --cache-packed: the int4-packed linear weights of a checkpoint, saved in one file next to
 // it, so a restart maps them (seconds) instead of quantizing and repacking (tens of seconds).
 //
-// File layout (little-endian):
-//   [0, 64)        header: "CPUCHATP", u32 format version, u32 0, u64 index offset, u64 index bytes
-//   4096-aligned   one blob per linear layer: the packed tensor exactly as int4_pack made it
-//                  (64-byte kernels header + packed weights), so it is used in place from the map
-//   index          JSON: {"fingerprint": "...", "tensors": {"model.layers.0.self_attn.q_proj.weight": [offset, bytes], ...}}
-// The fingerprint names the source files (path, size, mtime), the quantization scheme and the
-// kernels' layout; a cache whose fingerprint differs is ignored and rewritten.
+// The file format is in packed_cache_format.h. Loading reads the blobs into anonymous memory
+// (not a map: a cache truncated or rewritten under a running server cannot SIGBUS it) and
+// checks each blob's XXH64, in parallel. The fingerprint names the source files by size and
+// by a hash of their headers plus sampled data (not mtime, which copies and touches change),
+// the quantization scheme and the kernels' layout; a cache whose fingerprint differs, or that
+// fails any check, is ignored and rewritten.
 #pragma once
 #include <torch/torch.h>
 
@@ -28,13 +27,14 @@ class PackedCache {
   static std::string path_for(const std::string& model_path, QuantScheme quant);
   static std::string fingerprint(const Checkpoint& ck, QuantScheme quant);
 
-  // Maps the cache at `path` if it exists and matches `fingerprint`; otherwise returns an
+  // Loads the cache at `path` if it exists, matches `fingerprint` and passes its checksums
+  // (`threads` read and verify in parallel); otherwise returns an
   // empty cache that records what the model packs, for save(). `why_not` says why an existing
   // file was not used ("" when it was used or did not exist).
   static PackedCache open(const std::string& path, const std::string& fingerprint, std::string* why_not);
 
-  bool loaded() const { return file_ != nullptr; }
-  // The packed tensor saved under `name` (a view into the map), or undefined if absent.
+  bool loaded() const { return memory_ != nullptr; }
+  // The packed tensor saved under `name` (a view into the loaded memory), or undefined if absent.
   torch::Tensor find(const std::string& name) const;
   // Remembers a packed tensor to write (no copy: the model keeps it alive).
   void record(const std::string& name, torch::Tensor packed);
@@ -45,8 +45,8 @@ class PackedCache {
 
  private:
   std::string path_, fingerprint_;
-  std::shared_ptr<MappedFile> file_;
-  std::map<std::string, torch::Tensor> tensors_;           // loaded: views into file_
+  std::shared_ptr<void> memory_;                           // the loaded blobs (anonymous memory)
+  std::map<std::string, torch::Tensor> tensors_;           // loaded: views into memory_
   std::vector<std::pair<std::string, torch::Tensor>> recorded_;
 };
 

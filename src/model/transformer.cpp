@@ -1,6 +1,9 @@
 // The Llama forward pass, top to bottom: embed, then per layer RMSNorm → attention with
 // RoPE and a KV cache (GQA) → residual → RMSNorm → SwiGLU FFN → residual; final norm, head.
-// Activations are fp32 throughout; only the linear layers differ between backends.
+// A step may carry several sequences: their rows share every linear layer (one matmul of
+// all rows, so the weights are read once per step), while RoPE positions, KV caches and
+// attention stay per sequence. Activations are fp32 throughout; only the linear layers
+// differ between backends.
 #include <cmath>
 
 #include "model/attention.h"
@@ -103,15 +106,38 @@ int64_t Model::weight_bytes_per_token() const {
   return bytes;
 }
 
-KVCache Model::new_cache(int ctx) const {
+int64_t kv_bytes_per_token(const ModelConfig& c, KVType type) {
+  const int64_t per_row = type == KVType::FP32 ? 4 * c.head_dim : type == KVType::BF16 ? 2 * c.head_dim : c.head_dim + 4;
+  return 2 * int64_t(c.n_layers) * c.n_kv_heads * per_row;  // keys and values
+}
+
+KVCache Model::new_cache(int ctx, KVType type) const {
   const ModelConfig& c = config_;
   KVCache cache;
   cache.ctx = ctx;
+  cache.type = type;
   // Not zeroed: attention reads only positions already written, and untouched pages cost
-  // no memory (an 8B model's 4096-token cache is 1 GB; zeroing it took ~0.3 s per session).
-  cache.k = torch::empty({c.n_layers, c.n_kv_heads, ctx, c.head_dim}, torch::kFloat32);
-  cache.v = torch::empty({c.n_layers, c.n_kv_heads, ctx, c.head_dim}, torch::kFloat32);
+  // no memory (an 8B model's 4096-token fp32 cache is 1 GB; zeroing it took ~0.3 s).
+  const auto dtype = type == KVType::FP32 ? torch::kFloat32 : type == KVType::BF16 ? torch::kBFloat16 : torch::kInt8;
+  cache.k = torch::empty({c.n_layers, c.n_kv_heads, ctx, c.head_dim}, dtype);
+  cache.v = torch::empty({c.n_layers, c.n_kv_heads, ctx, c.head_dim}, dtype);
+  if (type == KVType::INT8) {
+    cache.k_scale = torch::empty({c.n_layers, c.n_kv_heads, ctx}, torch::kFloat32);
+    cache.v_scale = torch::empty({c.n_layers, c.n_kv_heads, ctx}, torch::kFloat32);
+  }
   return cache;
+}
+
+void copy_kv_prefix(const KVCache& from, KVCache& to, int n) {
+  TORCH_CHECK(from.type == to.type && n <= from.ctx && n <= to.ctx, "copy_kv_prefix: incompatible caches");
+  if (n <= 0) return;
+  // dim 2 is the position: [layers, kv heads, ctx, head_dim] and the scales [layers, kv heads, ctx]
+  to.k.narrow(2, 0, n).copy_(from.k.narrow(2, 0, n));
+  to.v.narrow(2, 0, n).copy_(from.v.narrow(2, 0, n));
+  if (from.type == KVType::INT8) {
+    to.k_scale.narrow(2, 0, n).copy_(from.k_scale.narrow(2, 0, n));
+    to.v_scale.narrow(2, 0, n).copy_(from.v_scale.narrow(2, 0, n));
+  }
 }
 
 // The element-wise steps below are plain loops rather than chains of libtorch ops: at decode
@@ -135,13 +161,13 @@ torch::Tensor Model::rms_norm(const torch::Tensor& x_in, const torch::Tensor& we
   return out;
 }
 
-RopeTable Model::rope_table(int start_pos, int T) const {
+RopeTable Model::rope_table(const std::vector<int>& positions) const {
   // Angles in float64, like the reference, so long positions keep their precision.
-  const int64_t half = int64_t(rope_inv_freq_.size());
+  const int64_t half = int64_t(rope_inv_freq_.size()), T = int64_t(positions.size());
   RopeTable t{std::vector<float>(size_t(T * half)), std::vector<float>(size_t(T * half))};
-  for (int p = 0; p < T; ++p)
+  for (int64_t p = 0; p < T; ++p)
     for (int64_t i = 0; i < half; ++i) {
-      const double angle = double(start_pos + p) * rope_inv_freq_[size_t(i)];
+      const double angle = double(positions[size_t(p)]) * rope_inv_freq_[size_t(i)];
       t.cos[size_t(p * half + i)] = float(std::cos(angle));
       t.sin[size_t(p * half + i)] = float(std::sin(angle));
     }
@@ -173,34 +199,60 @@ static void silu_mul_(torch::Tensor& gate, const torch::Tensor& up) {
   for (int64_t i = 0, n = gate.numel(); i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
-torch::Tensor Model::forward(const std::vector<int>& tokens, int start_pos, KVCache& cache, bool all_logits) const {
+torch::Tensor Model::forward_batch(const std::vector<SeqSpan>& spans) const {
   torch::NoGradGuard no_grad;
   const ModelConfig& c = config_;
-  const int T = static_cast<int>(tokens.size());
-  TORCH_CHECK(T > 0 && start_pos >= 0 && start_pos + T <= cache.ctx, "forward: positions past the KV cache");
-  auto ids = torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), torch::kLong);
-  torch::Tensor x = embed_.index_select(0, ids).to(torch::kFloat32);  // [T, dim]
+  // The step's rows: every span's tokens, one after another, each with its own position.
+  std::vector<int64_t> ids;
+  std::vector<int> positions;
+  std::vector<int64_t> logit_rows;
+  for (const SeqSpan& s : spans) {
+    TORCH_CHECK(s.n > 0 && s.start_pos >= 0 && s.start_pos + s.n <= s.cache->ctx, "forward: positions past the KV cache");
+    for (int i = 0; i < s.n; ++i) {
+      if (s.all_logits || (s.logits && i == s.n - 1)) logit_rows.push_back(int64_t(ids.size()));
+      ids.push_back(s.tokens[i]);
+      positions.push_back(s.start_pos + i);
+    }
+  }
+  const int64_t T = int64_t(ids.size());
+  torch::Tensor x = embed_.index_select(0, torch::tensor(ids, torch::kLong)).to(torch::kFloat32);  // [T, dim]
+  const RopeTable rope = rope_table(positions);
+  torch::Tensor attn = torch::empty({T, c.n_heads * c.head_dim}, torch::kFloat32);
 
-  const RopeTable rope = rope_table(start_pos, T);
   for (int l = 0; l < c.n_layers; ++l) {
     const Layer& L = layers_[l];
     torch::Tensor h = rms_norm(x, L.attn_norm);
     auto q = L.wq->forward(h).contiguous().view({T, c.n_heads, c.head_dim});
     auto k = L.wk->forward(h).contiguous().view({T, c.n_kv_heads, c.head_dim});
-    auto v = L.wv->forward(h).view({T, c.n_kv_heads, c.head_dim});
+    auto v = L.wv->forward(h).contiguous();
     apply_rope(q, rope);
     apply_rope(k, rope);
-    cache.k[l].narrow(1, start_pos, T).copy_(k.permute({1, 0, 2}));
-    cache.v[l].narrow(1, start_pos, T).copy_(v.permute({1, 0, 2}));
-    x += L.wo->forward(causal_attention(q, cache.k[l], cache.v[l], start_pos));
+    std::vector<AttentionJob> jobs;
+    int64_t row = 0;
+    for (const SeqSpan& s : spans) {
+      const int64_t kv_row = row * c.n_kv_heads * c.head_dim;
+      kv_store(*s.cache, l, s.start_pos, k.data_ptr<float>() + kv_row, v.data_ptr<float>() + kv_row, s.n,
+               c.n_kv_heads, c.head_dim);
+      jobs.push_back({q.data_ptr<float>() + row * c.n_heads * c.head_dim,
+                      attn.data_ptr<float>() + row * c.n_heads * c.head_dim, s.n, s.start_pos, kv_layer(*s.cache, l)});
+      row += s.n;
+    }
+    causal_attention(jobs, c.n_heads, c.n_kv_heads, c.head_dim);
+    x += L.wo->forward(attn);
 
     h = rms_norm(x, L.ffn_norm);
     torch::Tensor gate = L.w_gate->forward(h).contiguous();
     silu_mul_(gate, L.w_up->forward(h).contiguous());
     x += L.w_down->forward(gate);
   }
-  if (!all_logits) x = x.narrow(0, T - 1, 1);
+  if (logit_rows.empty()) return torch::empty({0, c.vocab_size}, torch::kFloat32);
+  if (int64_t(logit_rows.size()) < T) x = x.index_select(0, torch::tensor(logit_rows, torch::kLong));
   return head_->forward(rms_norm(x, final_norm_)).contiguous();
+}
+
+torch::Tensor Model::forward(const std::vector<int>& tokens, int start_pos, KVCache& cache, bool all_logits) const {
+  SeqSpan span{&cache, start_pos, tokens.data(), int(tokens.size()), /*logits=*/true, all_logits};
+  return forward_batch({span});
 }
 
 }  // namespace cpuchat

@@ -6,19 +6,6 @@
 namespace cpuchat::server {
 namespace {
 
-class EngineSession final : public GenerationSession {
- public:
-  explicit EngineSession(std::unique_ptr<Session> s) : session_(std::move(s)) {}
-  GenerateResult generate(const GenerateRequest& req,
-                          const std::function<bool(const TokenEvent&)>& on_token) override {
-    return session_->generate(req, on_token);
-  }
-  int cached_tokens() const override { return session_->cached_tokens(); }
-
- private:
-  std::unique_ptr<Session> session_;
-};
-
 class EngineModel final : public ServedModel {
  public:
   explicit EngineModel(std::unique_ptr<Engine> e) : engine_(std::move(e)) {}
@@ -35,9 +22,9 @@ class EngineModel final : public ServedModel {
     return ids;
   }
   std::string token_bytes(int id) const override { return engine_->tokenizer().token_bytes(id); }
-  std::unique_ptr<GenerationSession> new_session() override {
-    return std::make_unique<EngineSession>(engine_->new_session());
-  }
+  std::shared_ptr<Generation> submit(GenerateRequest req) override { return engine_->submit(std::move(req)); }
+  SchedulerStats stats() const override { return engine_->stats(); }
+  void shutdown() override { engine_->shutdown(); }
 
  private:
   std::unique_ptr<Engine> engine_;

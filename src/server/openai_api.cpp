@@ -71,7 +71,7 @@ AnswerHeader new_answer_header(Endpoint endpoint, const std::string& model) {
 
 json metrics_json(const Metrics& m, const Pricing& pricing, const std::string& backend,
                   const std::string& model) {
-  Cost cost = compute_cost(pricing.price_per_hour_usd, m.decode_tokens_per_s, m.total_time_s);
+  Cost cost = compute_shared_cost(pricing.price_per_hour_usd, m);
   // Costs are tiny numbers: keep full precision (no rounding) so clients can check the sums.
   return {{"ttft_s", m.ttft_s},
           {"prompt_tokens", m.prompt_tokens},
@@ -85,6 +85,11 @@ json metrics_json(const Metrics& m, const Pricing& pricing, const std::string& b
           {"cost_per_million_tokens_usd",
            cost.per_million_tokens_usd ? json(*cost.per_million_tokens_usd) : json()},
           {"total_cost_usd", cost.total_usd},
+          {"billed_time_s", m.billed_time_s},
+          {"billed_decode_time_s", m.billed_decode_time_s},
+          {"queue_time_s", m.queue_time_s},
+          {"mean_batch_size", round_to(m.mean_batch_size, 0.01)},
+          {"instance_decode_tokens_per_s", round_to(m.instance_decode_tokens_per_s, 0.01)},
           {"backend", backend},
           {"model", model},
           {"interactive",

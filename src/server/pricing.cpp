@@ -74,4 +74,13 @@ Cost compute_cost(double price_per_hour_usd, double decode_tokens_per_s, double 
   return c;
 }
 
+Cost compute_shared_cost(double price_per_hour_usd, const Metrics& m) {
+  if (m.billed_time_s <= 0) return compute_cost(price_per_hour_usd, m.decode_tokens_per_s, m.total_time_s);
+  Cost c;
+  if (m.completion_tokens > 1 && m.billed_decode_time_s > 0)
+    c.per_million_tokens_usd = price_per_hour_usd * m.billed_decode_time_s / 3600.0 / (m.completion_tokens - 1) * 1e6;
+  c.total_usd = price_per_hour_usd * m.billed_time_s / 3600.0;
+  return c;
+}
+
 }  // namespace cpuchat::server

@@ -1,5 +1,6 @@
 // Instance price presets and the cost figures of docs/API.md's `metrics` object.
 #pragma once
+#include "cpuchat/engine.h"
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,5 +36,11 @@ struct Cost {
 };
 // per 1M = price / (decode tok/s * 3600) * 1e6; total = price * total_time / 3600.
 Cost compute_cost(double price_per_hour_usd, double decode_tokens_per_s, double total_time_s);
+// One answer's cost when the instance's time is shared by batched sequences: it is billed
+// its share of every forward step it took part in (step time / sequences in the step).
+//   per 1M = price × billed_decode_time_s / 3600 / (completion_tokens − 1) × 1e6
+//   total  = price × billed_time_s / 3600
+// Alone in every step this equals compute_cost (billed time = wall time).
+Cost compute_shared_cost(double price_per_hour_usd, const Metrics& m);
 
 }  // namespace cpuchat::server

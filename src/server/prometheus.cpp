@@ -109,12 +109,36 @@ std::string ServerMetrics::render(const std::vector<ModelGauges>& gauges, bool r
   for (const auto& [model, pm] : models_)
     pm.decode.render(out, "cpuchat_decode_tokens_per_second", label("model", model));
 
-  header(out, "cpuchat_slots", "gauge", "Sessions (KV caches) per model (--parallel).");
+  header(out, "cpuchat_slots", "gauge", "Slots (KV caches, sequences batched together) per model (--parallel).");
   for (const ModelGauges& g : gauges) out += "cpuchat_slots{" + label("model", g.model) + "} " + std::to_string(g.slots) + "\n";
   header(out, "cpuchat_active_requests", "gauge", "Requests generating now (slots in use).");
   for (const ModelGauges& g : gauges) out += "cpuchat_active_requests{" + label("model", g.model) + "} " + std::to_string(g.active) + "\n";
   header(out, "cpuchat_queue_depth", "gauge", "Requests waiting for a slot.");
   for (const ModelGauges& g : gauges) out += "cpuchat_queue_depth{" + label("model", g.model) + "} " + std::to_string(g.queued) + "\n";
+  header(out, "cpuchat_kv_cache_bytes", "gauge", "KV cache bytes holding cached positions, all slots.");
+  for (const ModelGauges& g : gauges)
+    out += "cpuchat_kv_cache_bytes{" + label("model", g.model) + "} " + std::to_string(g.engine.kv_bytes_in_use) + "\n";
+  header(out, "cpuchat_kv_cache_capacity_bytes", "gauge", "KV cache bytes of all slots at full context.");
+  for (const ModelGauges& g : gauges)
+    out += "cpuchat_kv_cache_capacity_bytes{" + label("model", g.model) + "} " + std::to_string(g.engine.kv_bytes_capacity) + "\n";
+  header(out, "cpuchat_forward_step_rows_total", "counter", "Token rows run through the model, all steps.");
+  for (const ModelGauges& g : gauges)
+    out += "cpuchat_forward_step_rows_total{" + label("model", g.model) + "} " + std::to_string(g.engine.step_rows) + "\n";
+  // Sequences per forward step: the evidence that concurrent requests share steps.
+  header(out, "cpuchat_step_sequences", "histogram", "Sequences carried by each forward step.");
+  for (const ModelGauges& g : gauges) {
+    const auto& by_size = g.engine.steps_by_batch_size;
+    int64_t cumulative = 0, sum = 0;
+    for (size_t n = 1; n < by_size.size(); ++n) {
+      cumulative += by_size[n];
+      sum += int64_t(n) * by_size[n];
+      out += "cpuchat_step_sequences_bucket{" + label("model", g.model) + "," + label("le", std::to_string(n)) + "} " +
+             std::to_string(cumulative) + "\n";
+    }
+    out += "cpuchat_step_sequences_bucket{" + label("model", g.model) + ",le=\"+Inf\"} " + std::to_string(cumulative) + "\n";
+    out += "cpuchat_step_sequences_sum{" + label("model", g.model) + "} " + std::to_string(sum) + "\n";
+    out += "cpuchat_step_sequences_count{" + label("model", g.model) + "} " + std::to_string(g.engine.steps) + "\n";
+  }
   header(out, "cpuchat_active_streams", "gauge", "Open streaming (SSE) responses.");
   out += "cpuchat_active_streams " + std::to_string(active_streams_) + "\n";
   return out;

@@ -28,6 +28,7 @@ class Histogram {
 struct ModelGauges {
   std::string model;
   int slots = 0, active = 0, queued = 0;
+  SchedulerStats engine;  // the scheduler's counters (steps, batch sizes, KV memory)
 };
 
 class ServerMetrics {

@@ -37,6 +37,8 @@ std::string describe(const ModelInfo& info) {
   if (!info.quant.empty()) s += "/" + info.quant;
   s += ", ISA " + (info.isa.empty() ? std::string("torch") : info.isa);
   s += ", " + std::to_string(info.threads) + " threads, ctx " + std::to_string(info.ctx);
+  s += ", " + std::to_string(info.slots) + " slots, KV " + info.kv_type + " (" +
+       std::to_string(info.kv_bytes_per_token) + " B/token)";
   char load[32];
   snprintf(load, sizeof load, ", loaded in %.2fs", info.load_time_s);
   return s + load;
@@ -123,6 +125,11 @@ int serve_command(int argc, char** argv) {
         lo.threads = opts.threads;
         lo.ctx = opts.ctx;
         lo.cache_packed = opts.cache_packed;
+        lo.kv_type = opts.kv_type;
+        lo.batch.slots = opts.parallel;
+        lo.batch.max_queue = opts.max_queue;
+        lo.batch.step_budget_ms = opts.step_budget_ms;
+        lo.batch.batch_tokens = opts.batch_tokens;
         models.push_back(load_engine_model(lo));
         spdlog::info("model {}", describe(models.back()->info()));
       }

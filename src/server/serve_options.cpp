@@ -56,7 +56,13 @@ const char* serve_usage() {
          "  --port N                port, 0 for any free port [8080]\n"
          "  --threads N             compute threads [physical cores]\n"
          "  --ctx N                 context length per session [min(model, 4096)]\n"
-         "  --parallel N            concurrent sessions (KV-cache slots) per model [1]\n"
+         "  --parallel N            slots per model: requests batched together into each forward step [4]\n"
+         "  --kv-type fp32|bf16|int8  KV cache storage [bf16]. Bytes per token and slot (kv_bytes_per_token in\n"
+         "                          /v1/models) = 2 x layers x kv_heads x head_dim x 4 | 2 | 1 (+4 per head row for\n"
+         "                          int8): Llama 3.1 8B 256 | 128 | 66 KiB, 3.2 1B 64 | 32 | 17 KiB\n"
+         "  --step-budget-ms MS     target time of a forward step while others decode: sizes the prompt chunk\n"
+         "                          that rides along (chunked prefill) [400]\n"
+         "  --batch-tokens N        token rows per forward step at most [512]\n"
          "  --max-queue N           requests waiting per model before 429 [16]\n"
          "  --max-body-bytes N      request body limit (413 above) [4194304]\n"
          "  --instance NAME         price preset for the cost metrics [r8g.4xlarge] (GET /v1/instances)\n"
@@ -111,6 +117,14 @@ ServeOptions parse_serve_args(int argc, char** argv) {
     else if (flag == "--ctx") o.ctx = static_cast<int>(parse_int(flag, next(), 0, 1 << 20));
     else if (flag == "--parallel") o.parallel = static_cast<int>(parse_int(flag, next(), 1, 256));
     else if (flag == "--max-queue") o.max_queue = static_cast<int>(parse_int(flag, next(), 0, 100000));
+    else if (flag == "--kv-type") {
+      const std::string t = next();
+      if (t == "fp32") o.kv_type = KVType::FP32;
+      else if (t == "bf16") o.kv_type = KVType::BF16;
+      else if (t == "int8") o.kv_type = KVType::INT8;
+      else throw UsageError("--kv-type: unknown type '" + t + "' (expected fp32, bf16 or int8)");
+    } else if (flag == "--step-budget-ms") o.step_budget_ms = parse_double(flag, next(), 1, 1e6);
+    else if (flag == "--batch-tokens") o.batch_tokens = static_cast<int>(parse_int(flag, next(), 1, 1 << 16));
     else if (flag == "--max-body-bytes") o.max_body_bytes = static_cast<size_t>(parse_int(flag, next(), 1024, 1ll << 34));
     else if (flag == "--instance") instance = next();
     else if (flag == "--price-per-hour") price = parse_double(flag, next(), 0, 1e6);

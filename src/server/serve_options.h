@@ -20,8 +20,11 @@ struct ServeOptions {
   int port = 8080;                 // 0: any free port (logged and printed)
   int threads = 0;                 // 0: physical cores
   int ctx = 0;                     // 0: engine default
-  int parallel = 1;                // slots (sessions) per engine
+  int parallel = 4;                // slots per engine: sequences batched into each step
   int max_queue = 16;              // waiting requests per engine before 429
+  KVType kv_type = KVType::BF16;
+  double step_budget_ms = 400;     // prefill chunk sizing (see BatchOptions)
+  int batch_tokens = 512;
   size_t max_body_bytes = 4u << 20;
   Pricing pricing;                 // --instance / --price-per-hour
   std::string api_key;             // "": no auth

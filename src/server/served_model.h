@@ -1,6 +1,6 @@
 // What the HTTP layer needs from a loaded model, as an interface: the real implementation
-// wraps cpuchat::Engine (engine_model.cpp); the server tests plug in a scripted fake so the
-// whole HTTP surface is testable without model weights.
+// wraps cpuchat::Engine (engine_model.cpp); the server tests plug in the real scheduler over
+// a scripted step model, so the whole HTTP surface is testable without model weights.
 #pragma once
 #include <functional>
 #include <memory>
@@ -12,15 +12,6 @@
 
 namespace cpuchat::server {
 
-// One KV-cache slot (wraps cpuchat::Session). One request at a time.
-class GenerationSession {
- public:
-  virtual ~GenerationSession() = default;
-  virtual GenerateResult generate(const GenerateRequest& req,
-                                  const std::function<bool(const TokenEvent&)>& on_token) = 0;
-  virtual int cached_tokens() const = 0;
-};
-
 class ServedModel {
  public:
   virtual ~ServedModel() = default;
@@ -31,7 +22,11 @@ class ServedModel {
   virtual std::vector<int> encode_text(const std::string& text) const = 0;
   // Raw bytes of one token (for logprob alternatives).
   virtual std::string token_bytes(int id) const = 0;
-  virtual std::unique_ptr<GenerationSession> new_session() = 0;
+  // Queues a generation on the model's scheduler. Throws QueueFull, SchedulerStopped,
+  // ContextOverflow, std::invalid_argument.
+  virtual std::shared_ptr<Generation> submit(GenerateRequest req) = 0;
+  virtual SchedulerStats stats() const = 0;
+  virtual void shutdown() = 0;  // cancel running generations, refuse new ones
 };
 
 // Loads a cpuchat::Engine (throws std::runtime_error like Engine::load).

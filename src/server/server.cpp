@@ -44,11 +44,21 @@ bool same_secret(const std::string& given, const std::string& key) {
   return diff == 0;
 }
 
-json model_card(const std::string& id, const ModelInfo& info) {
-  return {{"id", id},           {"object", "model"},        {"created", 0},
-          {"owned_by", "cpuchat"}, {"backend", info.backend}, {"quant", info.quant},
-          {"isa", info.isa},    {"threads", info.threads},  {"ctx", info.ctx},
-          {"format", info.format}};
+json model_card(const std::string& id, const ModelInfo& info, const SchedulerStats& st) {
+  return {{"id", id},
+          {"object", "model"},
+          {"created", 0},
+          {"owned_by", "cpuchat"},
+          {"backend", info.backend},
+          {"quant", info.quant},
+          {"isa", info.isa},
+          {"threads", info.threads},
+          {"ctx", info.ctx},
+          {"format", info.format},
+          {"kv_type", info.kv_type},
+          {"kv_bytes_per_token", info.kv_bytes_per_token},
+          {"slots", {{"total", st.slots}, {"in_use", st.busy_slots}, {"queued", st.queued}, {"max_queue", info.max_queue}}},
+          {"kv_cache_bytes", {{"in_use", st.kv_bytes_in_use}, {"capacity", st.kv_bytes_capacity}}}};
 }
 
 // Name of a model for its ids: ModelInfo::name, else the path's last component / file stem.
@@ -76,11 +86,16 @@ struct ApiServer::PreparedGeneration {
   CompletionParams params;
   GenerateRequest request;
   Pricing pricing;
-  std::optional<Admission> admission;  // our place in the queue until a slot is ours
+  std::shared_ptr<Generation> generation;  // queued on the model's engine
   PeerWatch peer;
 
   // Alive while the server runs and the client is connected.
   std::function<bool()> keep_going;
+
+  // However the response ended (or never started), the engine stops working on it.
+  ~PreparedGeneration() {
+    if (generation) generation->cancel();
+  }
 };
 
 ApiServer::ApiServer(ApiServerConfig cfg)
@@ -111,8 +126,6 @@ void ApiServer::set_models(std::vector<std::unique_ptr<ServedModel>> models) {
     e->name = model_name(info);
     e->backend = info.backend;
     e->id = e->name + "-" + info.backend;
-    for (int i = 0; i < cfg_.parallel; ++i) e->sessions.push_back(m->new_session());
-    e->scheduler = std::make_unique<SlotScheduler>(cfg_.parallel, cfg_.max_queue);
     e->model = std::move(m);
     models_.push_back(std::move(e));
   }
@@ -129,7 +142,7 @@ std::vector<std::string> ApiServer::model_ids() const {
 void ApiServer::begin_shutdown() {
   shutting_down_.store(true);
   if (ready_)
-    for (auto& e : models_) e->scheduler->shutdown();
+    for (auto& e : models_) e->model->shutdown();
 }
 
 bool ApiServer::wait_idle(int timeout_ms) {
@@ -175,13 +188,14 @@ void ApiServer::register_routes() {
   http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     if (!ready_) return send_error(res, ApiError(503, "the model is still loading", "model_loading"));
     json data = json::array();
-    for (const auto& e : models_) data.push_back(model_card(e->id, e->model->info()));
+    for (const auto& e : models_) data.push_back(model_card(e->id, e->model->info(), e->model->stats()));
     send_json(res, 200, {{"object", "list"}, {"data", data}});
   });
   http_.Get("/v1/models/(.+)", [this](const httplib::Request& req, httplib::Response& res) {
     if (!ready_) return send_error(res, ApiError(503, "the model is still loading", "model_loading"));
     for (const auto& e : models_)
-      if (e->id == req.matches[1].str()) return send_json(res, 200, model_card(e->id, e->model->info()));
+      if (e->id == req.matches[1].str())
+        return send_json(res, 200, model_card(e->id, e->model->info(), e->model->stats()));
     send_error(res, ApiError(404, "The model '" + req.matches[1].str() + "' does not exist",
                              "model_not_found", "model"));
   });
@@ -205,8 +219,10 @@ void ApiServer::register_routes() {
   http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     std::vector<ModelGauges> gauges;
     if (ready_)
-      for (const auto& e : models_)
-        gauges.push_back({e->id, e->scheduler->slots(), e->scheduler->active(), e->scheduler->waiting()});
+      for (const auto& e : models_) {
+        const SchedulerStats st = e->model->stats();
+        gauges.push_back({e->id, st.slots, st.busy_slots, st.queued, st});
+      }
     res.set_content(metrics_.render(gauges, ready_ && !shutting_down_), "text/plain; version=0.0.4");
   });
 
@@ -374,12 +390,19 @@ std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib:
   PeerWatch peer = g->peer;
   g->keep_going = [this, peer] { return !shutting_down_.load() && !peer.closed(); };
 
-  std::optional<Admission> admission = g->entry->scheduler->try_admit();
-  if (admission) g->admission.emplace(std::move(*admission));
-  else
-    throw ApiError(429, "too many requests: " + std::to_string(cfg_.max_queue) +
+  try {
+    g->generation = g->entry->model->submit(g->request);
+  } catch (const QueueFull&) {
+    throw ApiError(429, "too many requests: " + std::to_string(g->entry->model->info().max_queue) +
                             " already wait for " + g->entry->id + "; retry shortly",
                    "rate_limit_exceeded");
+  } catch (const SchedulerStopped&) {
+    throw ApiError(503, "the server is shutting down", "server_shutting_down");
+  } catch (const ContextOverflow& e) {
+    throw ApiError(400, e.what(), "context_length_exceeded", prompt_param);
+  } catch (const std::invalid_argument& e) {
+    throw ApiError(400, e.what(), "invalid_value", prompt_param);
+  }
   return g;
 }
 
@@ -397,36 +420,18 @@ void ApiServer::handle_generation(const httplib::Request& req, httplib::Response
   }
 }
 
-GenerateResult ApiServer::run_on_slot(PreparedGeneration& g, SlotLease& lease,
-                                      const std::function<bool(const TokenEvent&)>& on_token) {
+GenerateResult ApiServer::run_generation(PreparedGeneration& g, const TokenCallback& on_token) {
   struct ActiveCount {  // visible in /metrics and to wait_idle()
     std::atomic<int>& n;
     explicit ActiveCount(std::atomic<int>& c) : n(c) { ++n; }
     ~ActiveCount() { --n; }
   } active(active_generations_);
-  GenerationSession& session = *g.entry->sessions[lease.slot()];
-  GenerateResult result;
-  try {
-    result = session.generate(g.request, on_token);
-  } catch (const ContextOverflow& e) {
-    lease.set_cached_tokens({});
-    throw ApiError(400, "This model's context is " + std::to_string(e.ctx) + " tokens, but the prompt has " +
-                            std::to_string(e.prompt_tokens) + " tokens",
-                   "context_length_exceeded", g.endpoint == Endpoint::Chat ? "messages" : "prompt");
-  } catch (...) {
-    lease.set_cached_tokens({});  // the slot's cache is unknown now: route nothing to it by prefix
-    throw;
-  }
-  // What the slot's KV cache now holds, for routing the next request by prefix.
-  std::vector<int> cached = g.request.prompt_ids;
-  cached.insert(cached.end(), result.ids.begin(), result.ids.end());
-  cached.resize(std::min<size_t>(cached.size(), static_cast<size_t>(std::max(0, session.cached_tokens()))));
-  lease.set_cached_tokens(std::move(cached));
+  GenerateResult result = g.generation->wait(on_token, g.keep_going);
   metrics_.observe_generation(g.entry->id, result.metrics, result.finish_reason);
   const Metrics& m = result.metrics;
-  spdlog::info("{} {} slot {}: prompt {} ({} run), {} tokens, {}, ttft {:.3f}s, {:.1f} tok/s", g.header.id,
-               g.entry->id, lease.slot(), m.prompt_tokens, m.prompt_tokens_processed, m.completion_tokens,
-               result.finish_reason, m.ttft_s, m.decode_tokens_per_s);
+  spdlog::info("{} {}: prompt {} ({} run), {} tokens, {}, ttft {:.3f}s, {:.1f} tok/s, batch {:.1f}", g.header.id,
+               g.entry->id, m.prompt_tokens, m.prompt_tokens_processed, m.completion_tokens, result.finish_reason,
+               m.ttft_s, m.decode_tokens_per_s, m.mean_batch_size);
   return result;
 }
 
@@ -435,14 +440,7 @@ json ApiServer::answer_metrics(const PreparedGeneration& g, const Metrics& m) co
 }
 
 void ApiServer::respond_blocking(PreparedGeneration& g, const httplib::Request&, httplib::Response& res) {
-  std::optional<SlotLease> lease = g.entry->scheduler->acquire(std::move(*g.admission), g.request.prompt_ids, g.keep_going);
-  g.admission.reset();
-  if (!lease) {
-    if (shutting_down_) throw ApiError(503, "the server is shutting down", "server_shutting_down");
-    throw ApiError(499, "client closed the connection", "client_closed");
-  }
-  GenerateResult r = run_on_slot(g, *lease, [&](const TokenEvent&) { return g.keep_going(); });
-  lease.reset();  // free the slot before the (possibly slow) write to the client
+  GenerateResult r = run_generation(g, {});
   if (r.finish_reason == "cancelled") {
     if (shutting_down_) throw ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down");
     throw ApiError(499, "client closed the connection", "client_closed");
@@ -483,25 +481,20 @@ void ApiServer::run_stream(PreparedGeneration& g, httplib::DataSink& sink) {
     send(kSseDone);
   };
   try {
-    std::optional<SlotLease> lease =
-        g.entry->scheduler->acquire(std::move(*g.admission), g.request.prompt_ids, g.keep_going);
-    g.admission.reset();
-    if (!lease) {
-      if (shutting_down_) send_error_event(ApiError(503, "the server is shutting down", "server_shutting_down"));
+    if (g.endpoint == Endpoint::Chat && !send(sse_event(role_chunk_json(g.header)))) {
+      g.generation->cancel();
       return;
     }
-    if (g.endpoint == Endpoint::Chat && !send(sse_event(role_chunk_json(g.header)))) return;
 
     std::string streamed;  // text sent so far
     auto token_bytes = [&](int id) { return g.entry->model->token_bytes(id); };
-    GenerateResult r = run_on_slot(g, *lease, [&](const TokenEvent& ev) {
+    GenerateResult r = run_generation(g, [&](const TokenEvent& ev) {
       if (!g.keep_going()) return false;
       if (ev.text.empty() && !ev.logprob) return true;  // text held back (partial character / stop string)
       json lp = ev.logprob ? logprobs_json(g.endpoint, {*ev.logprob}, token_bytes, streamed.size()) : json();
       streamed += ev.text;
       return send(sse_event(delta_chunk_json(g.header, ev.text, lp)));
     });
-    lease.reset();
     if (write_failed) return;  // the client is gone: nobody to tell
     if (r.finish_reason == "cancelled") {
       if (shutting_down_) send_error_event(ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down"));

@@ -1,5 +1,5 @@
-// The HTTP wiring: routes, auth, CORS, errors, the embedded page, and running generations
-// on slots (blocking JSON answers or SSE streams). Models can be attached after the socket
+// The HTTP wiring: routes, auth, CORS, errors, the embedded page, and handing generations
+// to each model's engine scheduler (blocking JSON answers or SSE streams). Models can be attached after the socket
 // is listening, so /health reports "loading" meanwhile.
 #pragma once
 #include <atomic>
@@ -14,7 +14,6 @@
 #include "server/pricing.h"
 #include "server/prometheus.h"
 #include "server/served_model.h"
-#include "server/slot_scheduler.h"
 #include "server/static_files.h"
 
 namespace cpuchat::server {
@@ -58,9 +57,7 @@ class ApiServer {
  private:
   struct ModelEntry {
     std::string id, name, backend;
-    std::unique_ptr<ServedModel> model;
-    std::vector<std::unique_ptr<GenerationSession>> sessions;
-    std::unique_ptr<SlotScheduler> scheduler;
+    std::unique_ptr<ServedModel> model;  // its engine owns the slots, the queue and the batching
   };
   struct PreparedGeneration;  // a validated request, ready to run
 
@@ -71,8 +68,7 @@ class ApiServer {
   void respond_blocking(PreparedGeneration& g, const httplib::Request& req, httplib::Response& res);
   void respond_streaming(std::shared_ptr<PreparedGeneration> g, httplib::Response& res);
   void run_stream(PreparedGeneration& g, httplib::DataSink& sink);
-  GenerateResult run_on_slot(PreparedGeneration& g, SlotLease& lease,
-                             const std::function<bool(const TokenEvent&)>& on_token);
+  GenerateResult run_generation(PreparedGeneration& g, const TokenCallback& on_token);
   nlohmann::json answer_metrics(const PreparedGeneration& g, const Metrics& m) const;
 
   ModelEntry& resolve_model(const std::string& requested);

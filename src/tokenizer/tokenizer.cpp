@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/regular_file.h"
 #include "tokenizer_internal.h"
 
 namespace cpuchat {
@@ -202,6 +203,9 @@ std::unique_ptr<Tokenizer> load_by_contents(const std::string& path, const std::
 
 }  // namespace
 
+// Llama 3's tokenizer.json is 9 MB; anything past this is not a tokenizer.
+constexpr size_t kMaxTokenizerFileBytes = size_t(1) << 30;
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int vocab_size_hint) {
   namespace fs = std::filesystem;
   std::string file = path;
@@ -215,17 +219,25 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int vocab_siz
     else
       tok::fail(path, "directory has neither tokenizer.json nor tokenizer.model");
   }
-  std::ifstream in(file, std::ios::binary);
-  if (!in) tok::fail(file, "cannot open (missing or unreadable)");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) tok::fail(file, "read error");
+  std::string contents;
   try {
-    return load_by_contents(file, buffer.str(), vocab_size_hint);
+    contents = read_regular_file(file, kMaxTokenizerFileBytes);  // a FIFO or /dev/zero is refused, not read forever
+  } catch (const std::runtime_error& e) {
+    std::string why = e.what();
+    if (why.rfind(file + ": ", 0) == 0) why = why.substr(file.size() + 2);
+    tok::fail(file, why);
+  }
+  return load_tokenizer_from_memory(file, contents, vocab_size_hint);
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer_from_memory(const std::string& name, const std::string& contents,
+                                                      int vocab_size_hint) {
+  try {
+    return load_by_contents(name, contents, vocab_size_hint);
   } catch (const tok::LoadError&) {
     throw;
   } catch (const std::exception& e) {
-    tok::fail(file, e.what());
+    tok::fail(name, e.what());
   }
 }
 

@@ -15,12 +15,14 @@ namespace {
 
 const std::string kShared = CPUCHAT_SHARED_DIR;
 
-std::unique_ptr<Engine> load(Backend backend, int ctx = 0) {
+std::unique_ptr<Engine> load(Backend backend, int ctx = 0, KVType kv = KVType::FP32, int slots = 4) {
   LoadOptions o;
   o.model_path = kShared + "/models/hf/stories260K";
   o.backend = backend;
   o.ctx = ctx;
   o.threads = 2;
+  o.kv_type = kv;  // the exact fp32 path unless a test asks for another
+  o.batch.slots = slots;
   return Engine::load(o);
 }
 
@@ -141,7 +143,9 @@ TEST(Generation, FollowUpReusesTheCachedPrefixAndGivesTheSameAnswer) {
   auto second = session->generate(greedy(next, 20));
   EXPECT_EQ(second.metrics.prompt_tokens, int(next.size()));
   EXPECT_LE(second.metrics.prompt_tokens_processed, 3);  // the last answer token + 2 new ones
-  auto fresh = engine->new_session()->generate(greedy(next, 20));
+  GenerateRequest fresh_req = greedy(next, 20);
+  fresh_req.cache_prompt = false;  // run the whole prompt, as a new conversation would
+  auto fresh = engine->new_session()->generate(fresh_req);
   EXPECT_EQ(fresh.metrics.prompt_tokens_processed, int(next.size()));
   EXPECT_EQ(second.ids, fresh.ids);
 }

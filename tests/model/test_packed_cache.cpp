@@ -1,10 +1,11 @@
 // --cache-packed through the real binary: the first int4 load saves the packed weights next
-// to the model, the next maps them and answers exactly as a fresh repack does; a damaged or
-// stale cache is never trusted (repacked and rewritten), and a read-only cache problem is a
-// warning, not a failure.
+// to the model, the next loads them and answers exactly as a fresh repack does; a damaged or
+// stale cache (checksums, content fingerprint, overlapping index) is never trusted (repacked
+// and rewritten), and a read-only cache problem is a warning, not a failure.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -46,6 +47,11 @@ class PackedCacheCli : public ::testing::Test {
     EXPECT_EQ(j["ids"].size(), 40u);
     return j["ids"].get<std::vector<int>>();
   }
+  static std::string read(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  static void write(const fs::path& p, const std::string& bytes) { std::ofstream(p, std::ios::binary) << bytes; }
   fs::path dir_;
 };
 
@@ -89,14 +95,66 @@ TEST_F(PackedCacheCli, TruncatedOrGarbageCacheIsRepackedNotTrusted) {
   }
 }
 
-TEST_F(PackedCacheCli, ChangedCheckpointMakesTheCacheStale) {
+TEST_F(PackedCacheCli, TouchedCheckpointKeepsItsCache) {
   ASSERT_EQ(generate(true).exit_code, 0);
-  // Same size, new modification time: the fingerprint no longer matches.
+  // Same bytes, new modification time (a copy, a touch): the content fingerprint still matches.
   const fs::path weights = dir_ / "model.safetensors";
   fs::last_write_time(weights, fs::last_write_time(weights) + std::chrono::seconds(5));
   const auto r = generate(true);
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("int4 weights mapped from"), std::string::npos) << r.err;
+}
+
+// Issue 12 item 9: a cache made from other weights of the same size and mtime was used.
+TEST_F(PackedCacheCli, OtherWeightsOfTheSameSizeAndMtimeMakeTheCacheStale) {
+  ASSERT_EQ(generate(true).exit_code, 0);
+  const fs::path weights = dir_ / "model.safetensors";
+  const auto mtime = fs::last_write_time(weights);
+  std::string bytes = read(weights);
+  for (size_t i = bytes.size() / 2; i < bytes.size() / 2 + 4096; i += 4) bytes[i] ^= 0x40;  // other weights
+  write(weights, bytes);
+  fs::last_write_time(weights, mtime);
+  const auto r = generate(true);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("made from other files or settings"), std::string::npos) << r.err;
+}
+
+// Issue 12 item 9: random bytes in the packed weights (headers intact) loaded and answered <unk>.
+TEST_F(PackedCacheCli, CorruptedPackedWeightsFailTheChecksum) {
+  ASSERT_EQ(generate(true).exit_code, 0);
+  const fs::path file = any_cache_file();
+  const auto reference = generate(true);
+  std::string bytes = read(file);
+  for (size_t i = 4096 + 64; i < 4096 + 64 + 512; ++i) bytes[i] = char(i * 131);  // first blob, past its header
+  write(file, bytes);
+  const auto r = generate(true);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("fails its checksum"), std::string::npos) << r.err;
+  EXPECT_EQ(ids_of(r.out), ids_of(reference.out));
+}
+
+// Issue 12 item 9: an index with every tensor at one offset must be repacked, not refused.
+TEST_F(PackedCacheCli, IndexWithEveryTensorAtOneOffsetIsRepacked) {
+  ASSERT_EQ(generate(true).exit_code, 0);
+  const fs::path file = any_cache_file();
+  const auto reference = generate(true);
+  std::string bytes = read(file);
+  uint64_t index_offset, index_bytes;
+  std::memcpy(&index_offset, bytes.data() + 16, 8);
+  std::memcpy(&index_bytes, bytes.data() + 24, 8);
+  auto index = nlohmann::json::parse(bytes.substr(index_offset, index_bytes));
+  const auto first = index["tensors"].begin().value();
+  for (auto& [name, where] : index["tensors"].items()) where = first;  // checksums match too
+  const std::string text = index.dump();
+  bytes = bytes.substr(0, index_offset) + text;
+  index_bytes = text.size();
+  std::memcpy(bytes.data() + 24, &index_bytes, 8);
+  write(file, bytes);
+  const auto r = generate(true);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("packed cache not used, repacking"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("overlap"), std::string::npos) << r.err;
+  EXPECT_EQ(ids_of(r.out), ids_of(reference.out));
 }
 
 TEST_F(PackedCacheCli, OtherQuantSchemeHasItsOwnCache) {

@@ -45,11 +45,13 @@ test('answers, metrics and streaming (fp32)', async (t) => {
   assert.equal(m.prompt_tokens, full.usage.prompt_tokens);
   assert.equal(m.completion_tokens, full.usage.completion_tokens);
   assert.ok(m.ttft_s > 0 && m.ttft_s <= m.total_time_s, JSON.stringify(m));
-  assert.ok(Math.abs(m.total_cost_usd - (m.price_per_hour_usd * m.total_time_s) / 3600) <= 1e-12 + 1e-9 * m.total_cost_usd);
+  // Billed its share of every forward step it took part in (docs/API.md).
+  assert.ok(m.billed_time_s > 0 && m.billed_time_s <= m.total_time_s, JSON.stringify(m));
+  assert.ok(Math.abs(m.total_cost_usd - (m.price_per_hour_usd * m.billed_time_s) / 3600) <= 1e-12 + 1e-9 * m.total_cost_usd);
   if (m.completion_tokens > 1) {
     assert.ok(m.decode_tokens_per_s > 0);
-    const expected = (m.price_per_hour_usd / (m.decode_tokens_per_s * 3600)) * 1e6;
-    assert.ok(Math.abs(m.cost_per_million_tokens_usd - expected) <= 1e-3 * expected, JSON.stringify(m));
+    const expected = ((m.price_per_hour_usd * m.billed_decode_time_s) / 3600 / (m.completion_tokens - 1)) * 1e6;
+    assert.ok(Math.abs(m.cost_per_million_tokens_usd - expected) <= 1e-9 * expected, JSON.stringify(m));
   }
   assert.equal(typeof m.interactive.ttft_ok, 'boolean');
 
@@ -104,6 +106,55 @@ test('a follow-up turn only processes its new suffix', async (t) => {
   assert.ok(prompt_tokens_processed < prompt_tokens / 2, JSON.stringify(a2.metrics));
   assert.ok(prompt_tokens_processed <= prompt_tokens - a1.metrics.prompt_tokens, JSON.stringify(a2.metrics));
   assert.equal(a2.usage.prompt_tokens_details.cached_tokens, prompt_tokens - prompt_tokens_processed);
+});
+
+test('8 concurrent streams are batched into shared steps; cancelling each frees its slot', async (t) => {
+  const srv = await startServer(['--backend', 'int4', '--parallel', '8', '--max-queue', '8']);
+  t.after(() => srv.stop());
+  const ai = client(srv.url);
+  const model = `${MODEL_NAME}-int4`;
+  const card = (await ai.models.list()).data[0];
+  assert.equal(card.slots.total, 8);
+  assert.equal(card.kv_type, 'bf16');
+  assert.ok(card.kv_bytes_per_token > 0);
+  const before = await metric(srv.url, `cpuchat_step_sequences_count{model="${model}"}`);
+  const streams = await Promise.all(Array.from({ length: 8 }, (_, i) => ai.chat.completions.create({
+    messages: [{ role: 'user', content: `Tell me story number ${i} about a cat.` }],
+    max_tokens: 64, ignore_eos: true, temperature: 0, stream: true, stream_options: { include_usage: true } })));
+  const results = await Promise.all(streams.map(collect));
+  for (const chunks of results) {
+    const text = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+    const finish = chunks.find((c) => c.choices[0]?.finish_reason);
+    assert.equal(finish.choices[0].finish_reason, 'length');
+    assert.equal(chunks.at(-1).usage.completion_tokens, 64);
+    assert.equal(finish.metrics.completion_tokens, 64);
+    assert.ok(text.length > 0);
+    // Shared steps: billed a fraction of the wall time, and the instance produced more than this stream.
+    assert.ok(finish.metrics.mean_batch_size > 2, JSON.stringify(finish.metrics));
+    assert.ok(finish.metrics.billed_time_s < finish.metrics.total_time_s, JSON.stringify(finish.metrics));
+    assert.ok(finish.metrics.instance_decode_tokens_per_s > finish.metrics.decode_tokens_per_s, JSON.stringify(finish.metrics));
+  }
+  // The step histogram shows it: most steps of this burst carried >= 4 sequences.
+  const count = (await metric(srv.url, `cpuchat_step_sequences_count{model="${model}"}`)) - before;
+  const small = await metric(srv.url, `cpuchat_step_sequences_bucket{model="${model}",le="3"}`);
+  assert.ok(count >= 64, `only ${count} steps`);
+  assert.ok(count - small > count / 2, `${count - small} of ${count} steps carried >= 4 sequences`);
+
+  // Each of 8 streams hangs up mid-answer: every slot is freed, and 8 new requests run.
+  const controllers = Array.from({ length: 8 }, () => new AbortController());
+  const open = await Promise.all(controllers.map((c, i) => ai.chat.completions.create(
+    { messages: [{ role: 'user', content: `Another story ${i}.` }], max_tokens: 100000, ignore_eos: true, stream: true },
+    { signal: c.signal })));
+  await Promise.all(open.map(async (s, i) => {
+    const it = s[Symbol.asyncIterator]();
+    await it.next();
+    await it.next();
+    controllers[i].abort();
+    await it.next().catch(() => {});
+  }));
+  assert.equal(await waitFor(async () => (await metric(srv.url, `cpuchat_active_requests{model="${model}"}`)) === 0, 5000), true);
+  const again = await Promise.all(Array.from({ length: 8 }, () => ai.chat.completions.create({ messages: story, max_tokens: 4 })));
+  for (const r of again) assert.equal(r.usage.completion_tokens, 4);
 });
 
 test('full queue -> 429 with Retry-After; /health not starved', async (t) => {

@@ -75,7 +75,7 @@ body='{"messages":[{"role":"user","content":"Tell me a story."}],"max_tokens":40
 req POST /v1/chat/completions "$body"
 cp "$WORK/body" "$WORK/full.json"
 [[ $STATUS == 200 && $(json "$WORK/full.json" 'j.object') == chat.completion ]] && pass "chat completion" || fail "chat: $STATUS"
-[[ $(json "$WORK/full.json" 'Math.abs(j.metrics.total_cost_usd - j.metrics.price_per_hour_usd * j.metrics.total_time_s / 3600) < 1e-12') == true ]] \
+[[ $(json "$WORK/full.json" 'Math.abs(j.metrics.total_cost_usd - j.metrics.price_per_hour_usd * j.metrics.billed_time_s / 3600) < 1e-12') == true ]] \
   && pass "total cost = price x time / 3600" || fail "cost: $(json "$WORK/full.json" j.metrics)"
 curl -sN -D "$WORK/sse_headers" -H 'Content-Type: application/json' \
   --data-binary "${body%\}},\"stream\":true,\"stream_options\":{\"include_usage\":true}}" "$URL/v1/chat/completions" >"$WORK/sse"

@@ -25,6 +25,8 @@ struct Harness {
     cfg.assets = kAssets;
     cfg.asset_count = 2;
     cfg.expected_models = n_models;
+    fake.parallel = cfg.parallel;
+    fake.max_queue = cfg.max_queue;
     server = std::make_unique<ApiServer>(cfg);
     port = server->bind("127.0.0.1", 0);
     thread = std::thread([this] { server->listen(); });
@@ -181,10 +183,14 @@ TEST(HttpFake, StreamingMatchesNonStreaming) {
   json m = finish["metrics"];
   EXPECT_EQ(m["completion_tokens"], 30);
   EXPECT_EQ(m["model"], "fake-fp32");
-  EXPECT_NEAR(m["total_cost_usd"].get<double>(), m["price_per_hour_usd"].get<double>() * m["total_time_s"].get<double>() / 3600, 1e-12);
+  // Billed its share of the steps it took part in (alone here: all of each step).
+  const double price = m["price_per_hour_usd"].get<double>();
+  EXPECT_NEAR(m["total_cost_usd"].get<double>(), price * m["billed_time_s"].get<double>() / 3600, 1e-12);
+  EXPECT_LE(m["billed_time_s"].get<double>(), m["total_time_s"].get<double>());
   EXPECT_NEAR(m["cost_per_million_tokens_usd"].get<double>(),
-              m["price_per_hour_usd"].get<double>() / (m["decode_tokens_per_s"].get<double>() * 3600) * 1e6,
-              1e-3 * m["cost_per_million_tokens_usd"].get<double>());
+              price * m["billed_decode_time_s"].get<double>() / 3600 / (30 - 1) * 1e6,
+              1e-9 * m["cost_per_million_tokens_usd"].get<double>());
+  EXPECT_DOUBLE_EQ(m["mean_batch_size"].get<double>(), 1.0);
   ASSERT_TRUE(usage.is_object());
   EXPECT_EQ(usage["usage"]["completion_tokens"], 30);
   EXPECT_TRUE(usage["choices"].empty());
@@ -202,13 +208,13 @@ TEST(HttpFake, StopAndLogprobsAndTextCompletions) {
   EXPECT_EQ(r["choices"][0]["logprobs"]["content"][0]["top_logprobs"].size(), 2u);
   r = json::parse(h.post("/v1/completions", json{{"prompt", "Once"}, {"max_tokens", 4}}.dump())->body);
   EXPECT_EQ(r["object"], "text_completion");
-  EXPECT_EQ(r["choices"][0]["text"], "Once");
+  EXPECT_EQ(r["choices"][0]["text"], " upo");  // the story goes on from the prompt
   EXPECT_TRUE(r.contains("metrics"));
   std::vector<std::string> events;
   h.stream("/v1/completions", {{"prompt", "Once"}, {"max_tokens", 4}, {"stream", true}}, events);
   std::string text;
   for (size_t i = 0; i + 1 < events.size(); ++i) text += json::parse(events[i])["choices"][0]["text"].get<std::string>();
-  EXPECT_EQ(text, "Once");
+  EXPECT_EQ(text, " upo");
   EXPECT_EQ(events.back(), "[DONE]");
 }
 

@@ -12,7 +12,7 @@ const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..
 const load = (name) => import(`data:text/javascript;base64,${fs.readFileSync(path.join(webDir, name)).toString('base64')}`);
 
 const { renderMarkdown, escapeHtml } = await load('markdown.js');
-const { fmtNum, fmtUsd, answerMetrics } = await load('format.js');
+const { fmtNum, fmtUsd, fmtSpeed, answerMetrics } = await load('format.js');
 const api = await load('api.js');
 
 test('escapeHtml escapes the five HTML characters', () => {
@@ -57,7 +57,7 @@ test('number formatting: plain decimals, never exponent notation', () => {
   assert.equal(fmtUsd(0.000183), '$0.000183');
 });
 
-test('answer metrics: five labels, judged against the interactive bar', () => {
+test('answer metrics: labelled and judged against the interactive bar', () => {
   const m = { ttft_s: 1.5, decode_tokens_per_s: 9, completion_tokens: 11, total_time_s: 2.6,
     cost_per_million_tokens_usd: 29, total_cost_usd: 0.0007, price_per_hour_usd: 0.9424, instance: 'r8g.4xlarge' };
   const items = answerMetrics(m);
@@ -66,6 +66,11 @@ test('answer metrics: five labels, judged against the interactive bar', () => {
   assert.deepEqual(items.map((i) => i.ok), [false, false, false, false, false]);
   const fast = answerMetrics({ ...m, ttft_s: 0.2, decode_tokens_per_s: 50, total_time_s: 0.4 });
   assert.deepEqual(fast.map((i) => i.ok), [true, true, true, true, true]);
+  // Batched answers also show the instance's aggregate throughput, after the stream's own.
+  const shared = answerMetrics({ ...m, instance_decode_tokens_per_s: 72, mean_batch_size: 8 });
+  assert.deepEqual(shared.map((i) => i.key), ['ttft', 'decode', 'instance', 'cost1m', 'total', 'cost']);
+  assert.equal(shared[2].value, fmtSpeed(72));
+  assert.match(shared[3].bar, /8(\.0)? streams/);
   // The server's own verdict wins when given.
   const srv = answerMetrics({ ...m, interactive: { ttft_ok: true, decode_ok: true } });
   assert.equal(srv[0].ok, true);
