@@ -131,19 +131,23 @@ report_gtest "int4 op and engine" "$BUILD/int4.log"
 stamp
 
 # ---- 5. x86 vs aarch64: the same model, the same ids ------------------------------------------
+checks() {  # checks LABEL LOG COMMAND...: runs a checker that prints one "ok:"/"FAIL:" line per check
+  local label=$1 log=$2 rc=0 passed failed
+  shift 2
+  "$@" >"$log" 2>&1 || rc=$?
+  sed 's/^/   /' "$log"
+  passed=$(grep -cE '^ok:' "$log" || true)
+  failed=$(grep -cE '^FAIL:' "$log" || true)
+  ((rc != 0 && failed == 0)) && failed=1
+  count "$passed" "$failed"
+  paths+=("$label")
+}
 echo "== x86 vs aarch64 agreement on the stories260K fixture prompts"
 if [[ -x "$X86_CPUCHAT" ]]; then
-  agree_log="$BUILD/agreement.log"
-  rc=0
-  python3 "$ROOT/tests/model/compare_arch_logits.py" --fixture "$SHARED/fixtures/logits_stories260K.json" \
+  checks "x86 vs aarch64 logits + greedy ids" "$BUILD/agreement.log" \
+    python3 "$ROOT/tests/model/compare_arch_logits.py" --fixture "$SHARED/fixtures/logits_stories260K.json" \
     --model "$SHARED/models/hf/stories260K" --work "$BUILD/agreement" --x86 "$X86_CPUCHAT" \
-    --arm qemu-aarch64 -L "$SYSROOT" -cpu max "$BUILD/cpuchat" >"$agree_log" 2>&1 || rc=$?
-  sed 's/^/   /' "$agree_log"
-  p=$(grep -cE '^ok:' "$agree_log" || true)
-  f=$(grep -cE '^FAIL:' "$agree_log" || true)
-  ((rc != 0 && f == 0)) && f=1
-  count "$p" "$f"
-  paths+=("x86 vs aarch64 logits + greedy ids")
+    --arm qemu-aarch64 -L "$SYSROOT" -cpu max "$BUILD/cpuchat"
 else
   echo "   FAIL: no x86 binary at $X86_CPUCHAT (scripts/build.sh builds it; or set X86_CPUCHAT)"
   count 0 1
@@ -152,15 +156,9 @@ stamp
 
 # ---- 6. the server on aarch64 ----------------------------------------------------------------
 echo "== cpuchat serve on aarch64 (int4, qemu -cpu max)"
-rc=0
-bash "$ROOT/tests/server/server_smoke_test.sh" "$SHARED/models/hf/stories260K" i8mm \
-  qemu-aarch64 -L "$SYSROOT" -cpu max "$BUILD/cpuchat" >"$BUILD/server.log" 2>&1 || rc=$?
-sed 's/^/   /' "$BUILD/server.log"
-p=$(grep -cE '^ok:' "$BUILD/server.log" || true)
-f=$(grep -cE '^FAIL:' "$BUILD/server.log" || true)
-((rc != 0 && f == 0)) && f=1
-count "$p" "$f"
-paths+=("server: /v1/models, chat completion, streamed chat completion")
+checks "server: /v1/models, chat completion, streamed chat completion" "$BUILD/server.log" \
+  bash "$ROOT/tests/server/server_smoke_test.sh" "$SHARED/models/hf/stories260K" i8mm \
+  qemu-aarch64 -L "$SYSROOT" -cpu max "$BUILD/cpuchat"
 stamp
 
 wait "$fixtures_pid" || true
