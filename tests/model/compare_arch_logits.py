@@ -24,6 +24,7 @@ One "ok:"/"FAIL:" line per check.
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -39,8 +40,12 @@ def run(cmd, out_path):
 
 
 def rows_of(logits_json):
-    """[(ids_by_score, {id: logit})] per position from `cpuchat logits --top vocab`."""
-    return [[(int(i), float(v)) for i, v in p["top"]] for p in logits_json["positions"]]
+    """[(id, logit) by score] per position from `cpuchat logits --top vocab` (NaN/inf print as null)."""
+    return [[(int(i), float("nan") if v is None else float(v)) for i, v in p["top"]] for p in logits_json["positions"]]
+
+
+def non_finite_positions(rows):
+    return [p for p, r in enumerate(rows) if any(not math.isfinite(v) for _, v in r)]
 
 
 def margin(row):
@@ -80,6 +85,11 @@ def main():
 
     seqs = [(s["name"], s["token_ids"]) for s in fx["sequences"]]
     x86 = {(b, n): logits("x86", b, ids, n) for b in ("fp32", "int4") for n, ids in seqs}
+    for (b, n), rows in x86.items():
+        bad = non_finite_positions(rows)
+        if bad:
+            check(False, f"x86 {b} '{n}': non-finite logits at {len(bad)} positions, from position {bad[0]}")
+            return 1
     fp32_tol = lambda ref: 1e-4 + 1e-5 * abs(ref)
     # int4: a quarter of the int4-vs-fp32 error of each position (x86), plus the fp32 tolerance.
     quant_err = {n: [max(abs(v - dict(r32)[i]) for i, v in r4) for r4, r32 in zip(x86[("int4", n)], x86[("fp32", n)])]
@@ -97,6 +107,10 @@ def main():
     for backend in ("fp32", "int4"):
         for n, ids in seqs:
             ref, got = x86[(backend, n)], logits("arm", backend, ids, n)
+            bad = non_finite_positions(got)
+            if bad:
+                check(False, f"arm {backend} '{n}': non-finite logits at {len(bad)} positions, from position {bad[0]}")
+                continue
             if not (len(ref) == len(got) == len(ids)):
                 check(False, f"{backend} '{n}': {len(got)} positions, want {len(ids)}")
                 continue
