@@ -92,6 +92,10 @@ struct Scheduler::Job final : Generation {
   void cancel() override { cancelled = true; }
 
   GenerateResult wait(const TokenCallback& on_token, const std::function<bool()>& keep_going) override {
+    // What the caller accepted before it cancelled: the loop may have run a step further.
+    size_t accepted_ids = 0;
+    std::string accepted_text;
+    bool refused = false;
     for (;;) {
       std::deque<TokenEvent> batch;
       bool finished;
@@ -101,10 +105,23 @@ struct Scheduler::Job final : Generation {
         batch.swap(events);
         finished = done;
       }
-      for (const TokenEvent& ev : batch)
-        if (!cancelled && on_token && !on_token(ev)) cancel();
+      for (const TokenEvent& ev : batch) {
+        if (refused) break;
+        if (on_token && !on_token(ev)) {
+          refused = true;
+          cancel();
+        }
+        accepted_ids += ev.id >= 0;
+        accepted_text += ev.text;
+      }
       if (finished) {
         if (error) std::rethrow_exception(error);
+        if (refused && result.finish_reason == "cancelled") {  // the answer ends where the caller stopped it
+          result.ids.resize(std::min(result.ids.size(), accepted_ids));
+          result.logprobs.resize(std::min(result.logprobs.size(), accepted_ids));
+          result.text = accepted_text;
+          result.metrics.completion_tokens = int(result.ids.size());
+        }
         return result;
       }
       if (keep_going && !cancelled && !keep_going()) cancel();
