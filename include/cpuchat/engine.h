@@ -145,7 +145,7 @@ struct ContextOverflow : std::runtime_error {
 struct QueueFull : std::runtime_error {
   QueueFull() : std::runtime_error("too many requests are waiting for a slot") {}
 };
-// Thrown by submit() after shutdown().
+// Thrown by submit() after shutdown() or drain().
 struct SchedulerStopped : std::runtime_error {
   SchedulerStopped() : std::runtime_error("the engine is shutting down") {}
 };
@@ -216,6 +216,8 @@ class Engine {
   SchedulerStats stats() const;
   // Cancels queued and running requests and refuses new ones.
   void shutdown();
+  // Refuses new requests (SchedulerStopped) but lets queued and running ones finish.
+  void drain();
 
   // Full-sequence forward in one pass: logits [ids.size() x vocab] (row-major fp32), with a
   // KV cache of its own of the engine's kv type (not a slot; safe beside the scheduler only

@@ -225,6 +225,11 @@ void Scheduler::shutdown() {
   wake_.notify_all();
 }
 
+void Scheduler::drain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+}
+
 std::shared_ptr<Generation> Scheduler::submit(GenerateRequest req) {
   const auto& prompt = req.prompt_ids;
   if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
@@ -237,7 +242,7 @@ std::shared_ptr<Generation> Scheduler::submit(GenerateRequest req) {
   job->req = std::move(req);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stop_) throw SchedulerStopped();
+    if (stop_ || draining_) throw SchedulerStopped();
     int free_slots = 0;
     for (const Slot& s : slots_) free_slots += !s.job;
     // Requests already queued take the free slots first; only the rest must wait.

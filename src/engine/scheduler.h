@@ -51,6 +51,9 @@ class Scheduler {
   std::shared_ptr<Generation> submit(GenerateRequest req);
   SchedulerStats stats() const;
   void shutdown();  // cancel everything, refuse new requests
+  // Graceful stop: refuse new requests (SchedulerStopped) but let the running and queued
+  // ones finish. shutdown() later still cancels whatever is left.
+  void drain();
 
   // The slot choice (exposed for tests): among free slots, the longest common prefix with
   // the prompt if it covers at least half the prompt; else the least recently used slot.
@@ -82,6 +85,7 @@ class Scheduler {
   uint64_t use_clock_ = 0;
   uint64_t admissions_ = 0;
   bool stop_ = false;
+  bool draining_ = false;  // submit() refuses; the loop runs on
 
   // Step cost model for chunked prefill (loop thread only): a step costs about
   // base_ms (one pass over the weights with the decode rows) + ms_per_prefill_row each.

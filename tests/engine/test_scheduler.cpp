@@ -1,7 +1,7 @@
 // The engine scheduler over a scripted step model (tests/common/scripted_model.h): slot
 // choice, the bounded FIFO queue, batching of concurrent requests into shared steps,
 // chunked prefill that never starves a decoding stream, prefix copies between slots,
-// cancellation and shutdown, and the billing of shared steps.
+// cancellation, drain and shutdown, and the billing of shared steps.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -194,6 +194,27 @@ TEST(Scheduler, ShutdownCancelsEverythingAndRefusesNewWork) {
   EXPECT_EQ(a->wait().finish_reason, "cancelled");
   EXPECT_EQ(b->wait().finish_reason, "cancelled");
   EXPECT_THROW(sched.submit(request("c: ")), SchedulerStopped);
+}
+
+TEST(Scheduler, DrainRefusesNewWorkButFinishesRunningAndQueued) {
+  ScriptedStepModel model(1, 256, 2);
+  ByteTokenizer tok;
+  Scheduler sched(model, &tok, batch(1, 4));
+  auto a = sched.submit(request("a: "));
+  auto b = sched.submit(request("b: ", 4));  // queued behind a
+  while (sched.stats().busy_slots == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  sched.drain();
+  EXPECT_THROW(sched.submit(request("c: ")), SchedulerStopped);
+  GenerateResult ra = a->wait();
+  GenerateResult rb = b->wait();
+  EXPECT_EQ(ra.text, kStory);  // the whole answer, not cut
+  EXPECT_EQ(ra.finish_reason, "stop");
+  EXPECT_EQ(rb.text, "Once");
+  EXPECT_EQ(rb.finish_reason, "length");
+  EXPECT_EQ(sched.stats().busy_slots, 0);
+  // shutdown() after a drain still cancels what is left.
+  sched.shutdown();
+  EXPECT_THROW(sched.submit(request("d: ")), SchedulerStopped);
 }
 
 TEST(Scheduler, FollowUpTurnReusesItsSlotAndASharedPrefixIsCopied) {

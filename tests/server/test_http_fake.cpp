@@ -1,5 +1,5 @@
 // The whole HTTP surface, in process, over real sockets, with a scripted model
-// (fake_model.h): streaming, errors, auth, CORS, queueing, disconnects, shutdown.
+// (fake_model.h): streaming, errors, auth, CORS, queueing, disconnects, drain, shutdown.
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -128,6 +128,8 @@ TEST(HttpFake, HealthModelsInstances) {
   auto health = h.get("/health");
   EXPECT_EQ(health->status, 200);
   EXPECT_EQ(json::parse(health->body)["status"], "ok");
+  EXPECT_EQ(h.get("/health/live")->status, 200);
+  EXPECT_EQ(health->get_header_value("X-Cpuchat-Instance"), "");  // none configured
   json models = json::parse(h.get("/v1/models")->body);
   ASSERT_EQ(models["data"].size(), 2u);
   EXPECT_EQ(models["data"][0]["id"], "fake-fp32");
@@ -337,10 +339,14 @@ TEST(HttpFake, FullQueueAnswers429WithRetryAfter) {
   auto r = h.post("/v1/chat/completions", chat_body("y").dump());
   expect_error_shape(r, 429, "rate_limit_exceeded");
   EXPECT_EQ(r->get_header_value("Retry-After"), "1");
-  // /health and /metrics are not starved meanwhile
-  EXPECT_EQ(h.get("/health")->status, 200);
+  // /health and /metrics are not starved meanwhile; readiness says the replica is full
+  auto health = h.get("/health");
+  EXPECT_EQ(health->status, 503);
+  EXPECT_EQ(json::parse(health->body)["status"], "overloaded");
+  EXPECT_EQ(h.get("/health/live")->status, 200);
   EXPECT_EQ(h.metric("cpuchat_active_requests{model=\"fake-fp32\"}"), 1);
   busy.join();
+  EXPECT_EQ(h.get("/health")->status, 200);
   expect_serves(h);
 }
 
@@ -428,6 +434,49 @@ TEST(HttpFake, ShutdownEndsOpenStreamsWithAnError) {
   EXPECT_EQ(err["error"]["code"], "server_shutting_down");
   EXPECT_EQ(h->get("/health")->status, 503);
   expect_error_shape(h->post("/v1/chat/completions", chat_body("x").dump()), 503);
+  h.reset();
+}
+
+TEST(HttpFake, DrainLetsStreamsFinishWhileRefusingNewWork) {
+  FakeConfig fake;
+  fake.per_token_ms = 5;  // the story (~90 tokens) takes ~0.5 s
+  ApiServerConfig cfg;
+  cfg.instance_id = "replica-7";
+  auto h = std::make_unique<Harness>(cfg, fake);
+  std::vector<std::string> events;
+  std::atomic<bool> started{false};
+  int status = 0;
+  std::thread client([&] {
+    status = h->stream("/v1/chat/completions", chat_body("x", {{"stream", true}}), events,
+                       [&](const std::string&) { started = true; return true; });
+  });
+  while (!started) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  h->server->begin_drain();
+  // At once: not ready, new work refused; alive.
+  auto health = h->get("/health");
+  EXPECT_EQ(health->status, 503);
+  EXPECT_EQ(json::parse(health->body)["status"], "shutting_down");
+  EXPECT_EQ(health->get_header_value("X-Cpuchat-Instance"), "replica-7");
+  EXPECT_EQ(h->get("/health/live")->status, 200);
+  expect_error_shape(h->post("/v1/chat/completions", chat_body("y").dump()), 503, "server_shutting_down");
+  EXPECT_FALSE(h->server->idle());
+  EXPECT_TRUE(h->server->wait_idle(5000));
+  client.join();
+  EXPECT_EQ(status, 200);
+  // The stream ran to its natural end: the whole story, a finish reason, [DONE].
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text;
+  std::string finish;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    json e = json::parse(events[i]);
+    EXPECT_FALSE(e.contains("error")) << events[i];
+    const json& c = e["choices"][0];
+    if (c["delta"].contains("content")) text += c["delta"]["content"].get<std::string>();
+    if (c["finish_reason"].is_string()) finish = c["finish_reason"];
+  }
+  EXPECT_EQ(text, cpuchat::testing::kStory);
+  EXPECT_EQ(finish, "stop");
   h.reset();
 }
 
