@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what cpuchat needs from Debian's packages (and, with --test, what its tests
-# need: curl, chromium, the npm packages in tests/node). Safe to run again.
+# need: curl, chromium, the npm packages in tests/node, and nginx, prometheus and
+# python3-yaml for the fleet tests). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_pkgs=(build-essential cmake pkg-config libtorch-dev libcpp-httplib-dev nlohmann-json3-dev
             libsentencepiece-dev libspdlog-dev libgtest-dev libbenchmark-dev)
-test_pkgs=(curl chromium nodejs npm)
+test_pkgs=(curl chromium nodejs npm nginx prometheus python3-yaml)
 
 want=("${build_pkgs[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${test_pkgs[@]}")
