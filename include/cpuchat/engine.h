@@ -93,6 +93,9 @@ struct GenerateRequest {
   bool ignore_eos = false;
   int top_logprobs = -1;                // -1: no logprobs; 0..20: logprob of the chosen token + this many alternatives
   bool cache_prompt = true;             // reuse a prefix some slot's KV cache holds (false: run the whole prompt)
+  // A conversation id (X-Session-Id, prompt_cache_key or user): its turns keep their slot,
+  // and a free slot holding another key's conversation is only taken when no other is free.
+  std::string affinity_key;
 };
 
 struct TokenLogprob {

@@ -10,6 +10,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -55,10 +56,18 @@ class Scheduler {
   // ones finish. shutdown() later still cancels whatever is left.
   void drain();
 
-  // The slot choice (exposed for tests): among free slots, the longest common prefix with
-  // the prompt if it covers at least half the prompt; else the least recently used slot.
-  struct SlotView { bool busy; const std::vector<int>* cached; uint64_t last_used; };
-  static int choose_slot(const std::vector<SlotView>& slots, const std::vector<int>& prompt);
+  // The slot choice (exposed for tests): among free slots, the one that last served the
+  // request's affinity key; else the longest common prefix with the prompt if it covers at
+  // least half the prompt; else the least recently used slot. With a key, slots that hold
+  // another key's conversation come last in both rules.
+  struct SlotView {
+    bool busy;
+    const std::vector<int>* cached;
+    uint64_t last_used;
+    const std::string* key = nullptr;  // affinity key of the slot's last request
+  };
+  static int choose_slot(const std::vector<SlotView>& slots, const std::vector<int>& prompt,
+                         const std::string& key = {});
 
   struct Job;
 
@@ -66,6 +75,7 @@ class Scheduler {
   struct Slot {
     std::shared_ptr<Job> job;     // null: free
     std::vector<int> cached;      // tokens whose keys/values the slot's cache holds, in order
+    std::string key;              // affinity key of the last request ("" none)
     uint64_t last_used = 0;
   };
   void loop();

@@ -368,6 +368,27 @@ ApiServer::ModelEntry& ApiServer::resolve_model(const std::string& requested) {
                  "model_not_found", "model");
 }
 
+// The conversation's id, so its turns keep their slot: the X-Session-Id header (what a
+// balancer hashes, docs/DEPLOY.md), else the body's prompt_cache_key, else user.
+static std::string affinity_key(const httplib::Request& req, const json& body) {
+  constexpr size_t kMaxKey = 256;
+  std::string key = req.get_header_value("X-Session-Id");
+  const char* param = "X-Session-Id";
+  for (const char* field : {"prompt_cache_key", "user"}) {
+    if (!key.empty()) break;
+    auto it = body.find(field);
+    if (it == body.end() || it->is_null()) continue;
+    if (!it->is_string())
+      throw ApiError(400, std::string("'") + field + "' must be a string", "invalid_type", field);
+    key = it->get<std::string>();
+    param = field;
+  }
+  if (key.size() > kMaxKey)
+    throw ApiError(400, std::string(param) + " is longer than " + std::to_string(kMaxKey) + " bytes",
+                   "invalid_value", param);
+  return key;
+}
+
 std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib::Request& req,
                                                                   Endpoint endpoint) {
   if (shutting_down_) throw ApiError(503, "the server is shutting down", "server_shutting_down");
@@ -416,6 +437,7 @@ std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib:
   gr.stop = g->params.stop;
   gr.top_logprobs = g->params.top_logprobs;
   gr.ignore_eos = g->params.ignore_eos;
+  gr.affinity_key = affinity_key(req, body);
   g->header = new_answer_header(endpoint, g->entry->id);
   g->peer = PeerWatch::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
   PeerWatch peer = g->peer;

@@ -50,6 +50,25 @@ TEST(Scheduler, SlotChoiceByLongestPrefixWhenItCoversHalfThePrompt) {
   EXPECT_EQ(Scheduler::choose_slot(slots, {1}), -1);
 }
 
+TEST(Scheduler, SlotChoiceKeepsEachAffinityKeysSlot) {
+  // Two conversations that share a long template prefix; slot 0 last served "alice".
+  std::vector<int> alice = {1, 5, 5, 5, 5, 5, 10, 11};
+  std::vector<int> empty;
+  const std::string k_alice = "alice", k_bob = "bob", none;
+  std::vector<Scheduler::SlotView> slots = {{false, &alice, 3, &k_alice}, {false, &empty, 1, &none}};
+  const std::vector<int> bob_turn1 = {1, 5, 5, 5, 5, 5, 20};
+  // Without keys the shared prefix wins: bob would evict alice's conversation...
+  EXPECT_EQ(Scheduler::choose_slot(slots, bob_turn1), 0);
+  // ...with keys bob takes the free slot (the prefix is copied over) and alice keeps hers.
+  EXPECT_EQ(Scheduler::choose_slot(slots, bob_turn1, k_bob), 1);
+  EXPECT_EQ(Scheduler::choose_slot(slots, {1, 5, 5, 5, 5, 5, 10, 11, 12}, k_alice), 0);
+  // Alice's slot is hers even when her prompt no longer shares much with it (edited history).
+  EXPECT_EQ(Scheduler::choose_slot(slots, {1, 7}, k_alice), 0);
+  // Only other conversations' slots free: the least recently used of them is taken.
+  slots[1].busy = true;
+  EXPECT_EQ(Scheduler::choose_slot(slots, bob_turn1, k_bob), 0);
+}
+
 TEST(Scheduler, TellsTheStoryAndStopsAtEos) {
   ScriptedStepModel model(1, 256, 0);
   ByteTokenizer tok;

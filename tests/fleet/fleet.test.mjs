@@ -376,22 +376,26 @@ async function main() {
   log(`passed in ${Date.now() - t0} ms`);
 }
 
-function cleanup() {
-  for (const c of children)
-    if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL');
+// nginx's master must stop its workers itself (SIGTERM: fast shutdown); a SIGKILLed master
+// would leave them running, holding our pipes open.
+async function cleanup() {
+  const running = children.filter((c) => c.proc.exitCode === null && c.proc.signalCode === null);
+  for (const c of running) c.proc.kill(c.name === 'nginx' ? 'SIGTERM' : 'SIGKILL');
+  await Promise.race([Promise.all(running.map((c) => c.exited)), sleep(5000)]);
 }
 
-const watchdog = setTimeout(() => {
+const watchdog = setTimeout(async () => {
   console.error('[fleet] timed out after 150 s');
-  cleanup();
+  await cleanup();
   process.exit(1);
 }, 150000);
 
-main().then(() => {
+main().then(async () => {
   clearTimeout(watchdog);
-  cleanup();
+  await cleanup();
   fs.rmSync(tmp, { recursive: true, force: true });
-}, (e) => {
+  process.exit(0);  // idle keep-alive sockets need not hold the test open
+}, async (e) => {
   clearTimeout(watchdog);
   console.error(e);
   for (const f of ['nginx-error.log']) {
@@ -399,6 +403,6 @@ main().then(() => {
     if (fs.existsSync(p)) console.error(`--- ${f}\n` + fs.readFileSync(p, 'utf8').slice(-3000));
   }
   for (const c of children) console.error(`--- ${c.name}\n` + String(c.output()).slice(-2000));
-  cleanup();
+  await cleanup();
   process.exit(1);
 });

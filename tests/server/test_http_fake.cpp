@@ -412,6 +412,44 @@ TEST(HttpFake, FollowUpTurnReusesItsSlotsCache) {
   EXPECT_EQ(a2["usage"]["prompt_tokens_details"]["cached_tokens"], prompt - processed);
 }
 
+TEST(HttpFake, AffinityKeysKeepConversationsWithASharedPrefixApart) {
+  ApiServerConfig cfg;
+  cfg.parallel = 2;
+  Harness h(cfg);
+  // Both conversations start with the same long system prompt, so without keys the second
+  // one's first turn would take (and overwrite) the first one's slot.
+  const std::string system(120, 's');
+  auto first_turn = [&](const std::string& who) {
+    return json{{"messages", {{{"role", "system"}, {"content", system}}, {{"role", "user"}, {"content", who}}}},
+                {"max_tokens", 10}, {"temperature", 0}};
+  };
+  auto next_turn = [](json turn, const json& answer) {
+    turn["messages"].push_back({{"role", "assistant"}, {"content", answer["choices"][0]["message"]["content"]}});
+    turn["messages"].push_back({{"role", "user"}, {"content", "And then?"}});
+    return turn;
+  };
+  json alice1 = first_turn("alice"), bob1 = first_turn("bob");
+  json bob1_body = bob1;
+  bob1_body["user"] = "bob";  // the body fields work like the header
+  json a1 = json::parse(h.post("/v1/chat/completions", alice1.dump(), {{"X-Session-Id", "alice"}})->body);
+  json b1 = json::parse(h.post("/v1/chat/completions", bob1_body.dump())->body);
+  EXPECT_GE(b1["usage"]["prompt_tokens_details"]["cached_tokens"], 120);  // the shared prefix, copied
+  json alice2 = next_turn(alice1, a1);
+  json a2 = json::parse(h.post("/v1/chat/completions", alice2.dump(), {{"X-Session-Id", "alice"}})->body);
+  // Alice's whole first turn (prompt and answer) was still in her slot.
+  EXPECT_GE(a2["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(),
+            a1["usage"]["prompt_tokens"].get<int>() + a1["usage"]["completion_tokens"].get<int>() - 1);
+  json bob2 = next_turn(bob1, b1);
+  bob2["prompt_cache_key"] = "bob";
+  json b2 = json::parse(h.post("/v1/chat/completions", bob2.dump())->body);
+  EXPECT_GE(b2["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(),
+            b1["usage"]["prompt_tokens"].get<int>() + b1["usage"]["completion_tokens"].get<int>() - 1);
+  // Bad keys are refused, not ignored.
+  expect_error_shape(h.post("/v1/chat/completions", chat_body("x", {{"user", 5}}).dump()), 400, "invalid_type");
+  expect_error_shape(h.post("/v1/chat/completions", chat_body("x").dump(), {{"X-Session-Id", std::string(300, 'k')}}),
+                     400, "invalid_value");
+}
+
 TEST(HttpFake, ShutdownEndsOpenStreamsWithAnError) {
   FakeConfig fake;
   fake.per_token_ms = 30;
