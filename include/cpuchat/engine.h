@@ -19,8 +19,9 @@ enum class Backend { FP32, BF16, INT4 };
 std::string backend_name(Backend b);
 Backend parse_backend(const std::string& s);  // throws std::invalid_argument
 
-// int4 weight quantization: group-wise (32 along K) or per output channel.
-enum class QuantScheme { Q4G32, Q4C };
+// int4 weight quantization: group-wise (32 along K), per output channel, or K-quant class
+// (asymmetric, 6-bit scale + min per 32 in 256-K super-blocks: llama.cpp's Q4_K).
+enum class QuantScheme { Q4G32, Q4C, Q4K };
 std::string quant_name(QuantScheme q);
 QuantScheme parse_quant(const std::string& s);  // throws std::invalid_argument
 
@@ -44,7 +45,7 @@ struct LoadOptions {
   std::string synthetic;         // instead of a path: random weights of a known shape ("llama3.1-8b", ...)
   std::string tokenizer_path;    // optional override (required for llama2.c .bin)
   Backend backend = Backend::INT4;
-  QuantScheme quant = QuantScheme::Q4G32;
+  QuantScheme quant = QuantScheme::Q4K;  // the most accurate at 4.5 bits/weight (docs/BENCHMARKS.md)
   int threads = 0;               // 0: physical cores
   int ctx = 0;                   // KV cache length per session; 0: min(model max, 4096)
   bool cache_packed = false;     // save/load the int4-packed weights next to the model
@@ -58,7 +59,7 @@ struct ModelInfo {
   std::string name;        // e.g. directory name
   std::string format;      // "hf", "meta", "llama2c", "gguf"
   std::string backend;     // "fp32", "bf16", "int4"
-  std::string quant;       // "q4g32"/"q4c" for int4, "" otherwise
+  std::string quant;       // "q4g32"/"q4c"/"q4k" for int4, "" otherwise
   std::string isa;         // kernel ISA in use ("avx512vnni", "avx2", "dotprod", "i8mm", "scalar"), "" for torch
   int threads = 0;
   int ctx = 0;             // per-session context length

@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
   }
-  for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C}) {
+  for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C, Scheme::Q4K}) {
     for (bool bf16 : {false, true}) {
       benchmark::RegisterBenchmark((std::string("pack/") + scheme_name(scheme) + "/4096x4096/" + (bf16 ? "bf16" : "fp32")).c_str(),
                                    [=](benchmark::State& s) { run_pack(s, scheme, bf16); })
@@ -181,7 +181,7 @@ int main(int argc, char** argv) {
     }
   }
   for (int64_t m : {1, 128}) {
-    for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C}) {
+    for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C, Scheme::Q4K}) {
       for (const Shape& sh : llama8b) {
         for (IsaLevel level : levels) {
           for (int threads : {1, 2}) {

@@ -11,8 +11,42 @@ namespace {
 
 [[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("cpuchat_kernels: " + what); }
 
-ukernel::KernelSet kernels_for(LayoutId layout, IsaLevel level) {
+// Q4K has its own micro-kernels (files named q4kp...).
+ukernel::KernelSet q4k_kernels_for(LayoutId layout, IsaLevel level) {
   using namespace ukernel;
+#if defined(__x86_64__) || defined(_M_X64)
+  if (layout == LayoutId::X86_N16K4) {
+    if (level == IsaLevel::Avx512Vnni) {
+      return {"matmul_q8b32_q4kp16x4_1x16_avx512vnni", matmul_q8b32_q4kp16x4_1x16_avx512vnni,
+              "matmul_q8b32_q4kp16x4_6x32_avx512vnni", matmul_q8b32_q4kp16x4_6x32_avx512vnni};
+    }
+    if (level == IsaLevel::Avx2) {
+      return {"matmul_q8b32_q4kp16x4_1x16_avx2", matmul_q8b32_q4kp16x4_1x16_avx2, "matmul_q8b32_q4kp16x4_4x8_avx2",
+              matmul_q8b32_q4kp16x4_4x8_avx2};
+    }
+  }
+#endif
+#if defined(__aarch64__)
+  if (layout == LayoutId::ARM_N8K8) {
+    if (level == IsaLevel::I8mm) {
+      return {"matmul_q8b32_q4kp8x8_1x8_neon_dotprod", matmul_q8b32_q4kp8x8_1x8_neon_dotprod,
+              "matmul_q8b32_q4kp8x8_4x8_neon_i8mm", matmul_q8b32_q4kp8x8_4x8_neon_i8mm};
+    }
+    if (level == IsaLevel::Dotprod) {
+      return {"matmul_q8b32_q4kp8x8_1x8_neon_dotprod", matmul_q8b32_q4kp8x8_1x8_neon_dotprod,
+              "matmul_q8b32_q4kp8x8_4x8_neon_dotprod", matmul_q8b32_q4kp8x8_4x8_neon_dotprod};
+    }
+  }
+#endif
+  (void)layout;
+  (void)level;
+  return {"matmul_q8b32_q4kp_any_scalar", matmul_q8b32_q4kp_any_scalar, "matmul_q8b32_q4kp_any_scalar",
+          matmul_q8b32_q4kp_any_scalar};
+}
+
+ukernel::KernelSet kernels_for(LayoutId layout, Scheme scheme, IsaLevel level) {
+  using namespace ukernel;
+  if (scheme == Scheme::Q4K) return q4k_kernels_for(layout, level);
   const KernelSet scalar{"matmul_q8b32_q4p_any_scalar", matmul_q8b32_q4p_any_scalar, "matmul_q8b32_q4p_any_scalar",
                          matmul_q8b32_q4p_any_scalar};
 #if defined(__x86_64__) || defined(_M_X64)
@@ -48,7 +82,7 @@ ukernel::KernelSet kernels_for(LayoutId layout, IsaLevel level) {
 
 const char* selected_kernel_name(const PackedWeights& w, int64_t m) {
   if (w.empty()) return "none";
-  const ukernel::KernelSet set = kernels_for(w.header().layout, active_isa());
+  const ukernel::KernelSet set = kernels_for(w.header().layout, w.scheme(), active_isa());
   return m == 1 ? set.gemv_name : set.gemm_name;
 }
 
@@ -62,6 +96,7 @@ void matmul(const QuantizedActivations& x, const PackedWeights& w, float* y, int
   if (w.empty()) fail("matmul: empty weights");
   if (x.m() <= 0) fail("matmul: activations not quantized");
   if (x.k() != w.k()) fail("matmul: activations K=" + std::to_string(x.k()) + " but weights K=" + std::to_string(w.k()));
+  if (x.groups() < weight_groups(w.layout(), w.scheme(), w.k())) fail("matmul: activations padded to fewer K than the weights");
   const Layout& l = w.layout();
   const int64_t n = w.n();
   if (y == nullptr || ldy < n) fail("matmul: null Y or ldy " + std::to_string(ldy) + " < N " + std::to_string(n));
@@ -75,13 +110,13 @@ void matmul(const QuantizedActivations& x, const PackedWeights& w, float* y, int
   }
   if (n_begin == n_end || m_begin == m_end) return;
 
-  const ukernel::KernelSet set = kernels_for(w.header().layout, active_isa());
+  const ukernel::KernelSet set = kernels_for(w.header().layout, w.scheme(), active_isa());
   ukernel::Args args{};
   args.block_bytes = block_bytes(l, w.scheme(), w.k());
   args.w = w.data() + (n_begin / l.nr) * args.block_bytes;
   args.n_cols = n_end - n_begin;
   args.n_blocks = (args.n_cols + l.nr - 1) / l.nr;
-  args.groups = group_count(l, w.k());
+  args.groups = weight_groups(l, w.scheme(), w.k());
   args.scheme = w.scheme();
   args.layout = &l;
   args.a = x.row(m_begin);

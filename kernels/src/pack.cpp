@@ -16,9 +16,39 @@ namespace {
 
 void check_shape(int64_t n, int64_t k, Scheme scheme) {
   if (n <= 0 || k <= 0) fail("weight shape must be positive, got N=" + std::to_string(n) + " K=" + std::to_string(k));
-  if (scheme != Scheme::Q4G32 && scheme != Scheme::Q4C) fail("unknown scheme " + std::to_string(int(scheme)));
+  if (scheme != Scheme::Q4G32 && scheme != Scheme::Q4C && scheme != Scheme::Q4K) fail("unknown scheme " + std::to_string(int(scheme)));
   // Keep every byte offset far inside int64 and the Q4C int32 accumulations exact.
   if (n > (int64_t{1} << 31) || k > (int64_t{1} << 24)) fail("weight shape too large");
+}
+
+void check_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end) {
+  if (w.empty()) fail("pack_rows on an empty PackedWeights");
+  if (!w.owns_memory()) fail("pack_rows on a read-only view");
+  const int64_t n = w.n(), nr = w.row_alignment();
+  if (row_begin < 0 || row_end > n || row_begin >= row_end || row_begin % nr != 0 || (row_end != n && row_end % nr != 0)) {
+    fail("pack_rows: rows [" + std::to_string(row_begin) + ", " + std::to_string(row_end) + ") of N=" +
+         std::to_string(n) + " must be non-empty and aligned to " + std::to_string(nr));
+  }
+}
+
+// Writes row r's super-block b at `super` (the super-block's first byte in its row block).
+void store_q4k(const Layout& l, uint8_t* super, int r, const Q4kSuperBlock& b) {
+  std::memcpy(super + q4k_d_offset() + 2 * r, &b.d, 2);
+  std::memcpy(super + q4k_dmin_offset(l) + 2 * r, &b.dmin, 2);
+  for (int j = 0; j < kGroupsPerSuperBlock; ++j) {
+    if (b.sc[j] > 63 || b.m[j] > 63) fail("q4k: 6-bit scale or min out of range");
+    const Q4kScalePos p = q4k_scale_pos(l, j, r);
+    super[p.lo4_byte] = static_cast<uint8_t>((b.sc[j] & 15) | (b.m[j] & 15) << 4);
+    super[p.hi2_byte] = static_cast<uint8_t>(super[p.hi2_byte] | (b.sc[j] >> 4) << p.hi2_shift |
+                                             (b.m[j] >> 4) << (p.hi2_shift + 4));
+    uint8_t* bytes = super + q4k_groups_offset(l) + j * group_bytes(l);
+    for (int kk = 0; kk < kGroupSize; ++kk) {
+      const uint8_t q = b.q[j * kGroupSize + kk];
+      if (q > 15) fail("q4k: quant value out of range");
+      const NibblePos p = nibble_pos(l, r, kk);
+      bytes[p.byte] = static_cast<uint8_t>(bytes[p.byte] | (p.high ? q << 4 : q));
+    }
+  }
 }
 
 float to_float(float v) { return v; }
@@ -30,6 +60,7 @@ const char* scheme_name(Scheme s) {
   switch (s) {
     case Scheme::Q4G32: return "q4g32";
     case Scheme::Q4C: return "q4c";
+    case Scheme::Q4K: return "q4k";
   }
   return "unknown";
 }
@@ -97,19 +128,50 @@ PackedWeights PackedWeights::view(const PackedHeader& h, const void* data) {
   return w;
 }
 
+void PackedWeights::pack_q4k_super_blocks(const Q4kSuperBlock* blocks, int64_t row_begin, int64_t row_end) {
+  check_rows(*this, row_begin, row_end);
+  if (header_.scheme != Scheme::Q4K) fail("pack_q4k_super_blocks on a non-q4k buffer");
+  if (blocks == nullptr) fail("pack_q4k_super_blocks: null blocks");
+  const Layout& l = layout();
+  const int64_t supers = q4k_super_blocks(header_.k), bytes_per_block = block_bytes(l, Scheme::Q4K, header_.k);
+  for (int64_t b = row_begin / l.nr; b * l.nr < row_end; ++b) {
+    uint8_t* block = data_ + b * bytes_per_block;
+    std::memset(block, 0, static_cast<size_t>(bytes_per_block));
+    for (int r = 0; r < l.nr && b * l.nr + r < row_end; ++r) {
+      for (int64_t s = 0; s < supers; ++s) {
+        store_q4k(l, block + s * q4k_super_block_bytes(l), r, blocks[(b * l.nr + r - row_begin) * supers + s]);
+      }
+    }
+  }
+}
+
 template <typename Src>
 void PackedWeights::pack_rows_impl(const Src* rows, int64_t ld, int64_t row_begin, int64_t row_end) {
-  if (empty()) fail("pack_rows on an empty PackedWeights");
-  if (!owns_memory()) fail("pack_rows on a read-only view");
+  check_rows(*this, row_begin, row_end);
   const Layout& l = layout();
   const int64_t n = header_.n, k = header_.k;
+  (void)n;
   if (rows == nullptr || ld < k) fail("pack_rows: null rows or ld " + std::to_string(ld) + " < K " + std::to_string(k));
-  if (row_begin < 0 || row_end > n || row_begin >= row_end || row_begin % l.nr != 0 ||
-      (row_end != n && row_end % l.nr != 0)) {
-    fail("pack_rows: rows [" + std::to_string(row_begin) + ", " + std::to_string(row_end) + ") of N=" +
-         std::to_string(n) + " must be non-empty and aligned to " + std::to_string(l.nr));
-  }
   const Scheme scheme = header_.scheme;
+  if (scheme == Scheme::Q4K) {
+    const int64_t supers = q4k_super_blocks(k), bytes_per_block = block_bytes(l, scheme, k);
+    std::vector<float> row_f32(static_cast<size_t>(k));
+    for (int64_t b = row_begin / l.nr; b * l.nr < row_end; ++b) {
+      uint8_t* block = data_ + b * bytes_per_block;
+      std::memset(block, 0, static_cast<size_t>(bytes_per_block));
+      for (int r = 0; r < l.nr && b * l.nr + r < row_end; ++r) {
+        const Src* src = rows + (b * l.nr + r - row_begin) * ld;
+        for (int64_t i = 0; i < k; ++i) row_f32[i] = to_float(src[i]);
+        for (int64_t s = 0; s < supers; ++s) {
+          const int64_t begin = s * kSuperBlockSize;
+          const Q4kSuperBlock sb =
+              quantize_q4k_super_block(row_f32.data() + begin, std::min<int64_t>(kSuperBlockSize, k - begin));
+          store_q4k(l, block + s * q4k_super_block_bytes(l), r, sb);
+        }
+      }
+    }
+    return;
+  }
   const int64_t groups = group_count(l, k), kp = groups * kGroupSize;
   const int64_t bytes_per_block = block_bytes(l, scheme, k);
 

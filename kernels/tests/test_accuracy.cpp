@@ -7,11 +7,11 @@
 //
 //   e_x(k) = s_a/2: activations round to nearest and never clip (|x| <= amax = 127 s_a);
 //            (1 + 2^-20) covers x * (127/amax) being computed in fp32.
-//   e_w(k) = s_w/2 when rounded to nearest; q = 7 may be a clipped +8 (the scale maps the
-//            value of largest magnitude to -8, so one of the opposite sign can reach +8):
-//            then |w - 7 s_w| <= s_w (1 + 2^-8) (the bf16 scale is rounded before quantizing).
-//   + fp32 rounding of the kernel: one product and one FMA per group (and one final multiply
-//     for Q4C), each <= 2^-24 relative: (groups + 2) * 2^-24 * sum_k |x^_k w^_k|.
+//   e_w(k) = |w_k - w^_k|, the weight's own quantization error (the scale searches may clip,
+//            so no closed form; w^_k = s q - m is computed in double from the stored values).
+//   + fp32 rounding of the kernel: per group one product and one FMA (Q4K: two of each, one
+//     final multiply for Q4C), each <= 2^-24 relative to a partial sum bounded by the sum of
+//     the absolute terms T = sum_k |x^_k| (|s q_k| + |m|): (4 groups + 2) * 2^-24 * T.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -45,15 +45,16 @@ ErrorStats check_against_fp32(IsaLevel level, Scheme scheme, int64_t m, int64_t 
       for (int64_t kk = 0; kk < k; ++kk) {
         const int64_t g = kk / kGroupSize;
         const double s_a = xq.scales(i)[g];
-        const double s_w = scheme == Scheme::Q4G32 ? ref.scales[j * ref.groups + g] : ref.scales[j];
+        const double s_w = scheme == Scheme::Q4C ? ref.scales[j] : ref.scales[j * ref.groups + g];
+        const double m_w = scheme == Scheme::Q4K ? ref.mins[j * ref.groups + g] : 0.0;
         const int q_w = ref.q[j * kp + kk];
-        const double w_hat = s_w * q_w, x_hat = s_a * xq.row(i)[kk];
-        const double e_w = q_w == 7 ? std::fabs(s_w) * (1.0 + 1.0 / 256) : std::fabs(s_w) / 2;  // s_w < 0 when the extreme is positive
+        const double w_hat = s_w * q_w - m_w, x_hat = s_a * xq.row(i)[kk];
+        const double e_w = std::fabs(double{w[j * k + kk]} - w_hat);
         const double e_x = s_a / 2 * (1.0 + std::ldexp(1.0, -20));
         bound_q += std::fabs(x[i * k + kk]) * e_w + std::fabs(w_hat) * e_x;
-        abs_dot += std::fabs(x_hat * w_hat);
+        abs_dot += std::fabs(x_hat) * (std::fabs(s_w * q_w) + std::fabs(m_w));
       }
-      const double bound = bound_q + (ref.groups + 2) * std::ldexp(1.0, -24) * abs_dot;
+      const double bound = bound_q + (4 * ref.groups + 2) * std::ldexp(1.0, -24) * abs_dot;
       const double err = std::fabs(double{y[i * n + j]} - y_f32[i * n + j]);
       st.max_ratio = std::max(st.max_ratio, bound > 0 ? err / bound : (err > 0 ? 1e9 : 0.0));
       st.err2 += err * err;
@@ -69,7 +70,7 @@ TEST(Accuracy, WithinDerivedQuantizationBound) {
   };
   const Case cases[] = {{1, 33, 31}, {1, 64, 172}, {3, 172, 64}, {9, 40, 256}, {4, 96, 1024}};
   test::for_each_isa([&](IsaLevel level) {
-    for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C}) {
+    for (Scheme scheme : kAllSchemes) {
       uint32_t seed = 100;
       for (const Case& c : cases) {
         const ErrorStats st = check_against_fp32(level, scheme, c.m, c.n, c.k, seed += 2);
@@ -80,19 +81,21 @@ TEST(Accuracy, WithinDerivedQuantizationBound) {
   });
 }
 
-// Reports the typical error of both schemes (kernels/README.md discusses it) and checks that
-// per-group scales are the more accurate ones, as they should be.
+// Reports the typical error of the schemes (kernels/README.md discusses it) and checks that
+// per-group scales are more accurate than per-channel ones, and Q4K's scale+min than Q4G32's
+// symmetric scale, as they should be.
 TEST(Accuracy, GroupScalesBeatChannelScales) {
   const IsaLevel level = active_isa();
-  double rel[2];
+  double rel[3];
   int idx = 0;
-  for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C}) {
+  for (Scheme scheme : kAllSchemes) {
     const ErrorStats st = check_against_fp32(level, scheme, 8, 256, 1024, 42);
     rel[idx++] = std::sqrt(st.err2 / st.ref2);
     std::printf("[ accuracy ] %s: relative RMS error vs fp32 = %.4f (max error / bound = %.3f)\n",
                 scheme_name(scheme), std::sqrt(st.err2 / st.ref2), st.max_ratio);
   }
   EXPECT_LT(rel[0], rel[1]);
+  EXPECT_LT(rel[2], rel[0]);
 }
 
 }  // namespace

@@ -14,7 +14,7 @@ namespace {
 
 TEST(Packing, RowChunksEqualPackingAllAtOnce) {
   for (LayoutId id : {LayoutId::X86_N16K4, LayoutId::ARM_N8K8}) {
-    for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C}) {
+    for (Scheme scheme : kAllSchemes) {
       const int64_t n = 75, k = 172, ld = 180;  // ld > k: rows come from a wider tensor
       const auto w = test::random_matrix(n, ld, 3);
       PackedWeights all = PackedWeights::allocate(n, k, scheme, id);
@@ -39,7 +39,7 @@ TEST(Packing, Bf16RowsEqualFp32RowsOfTheSameValues) {
     w_bf16[i] = float_to_bf16(w[i]);
     w[i] = bf16_to_float(w_bf16[i]);
   }
-  for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C}) {
+  for (Scheme scheme : kAllSchemes) {
     PackedWeights a = PackedWeights::allocate(n, k, scheme), b = PackedWeights::allocate(n, k, scheme);
     a.pack(w.data(), k);
     b.pack_rows_bf16(w_bf16.data(), k, 0, n);
@@ -48,7 +48,7 @@ TEST(Packing, Bf16RowsEqualFp32RowsOfTheSameValues) {
 }
 
 TEST(Packing, BlobIsAlignedAndSizedAsTheLayoutSays) {
-  for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C}) {
+  for (Scheme scheme : kAllSchemes) {
     const PackedWeights w = PackedWeights::allocate(513, 172, scheme);
     EXPECT_EQ(reinterpret_cast<uintptr_t>(w.data()) % 64, 0u);
     EXPECT_EQ(w.byte_size(), static_cast<uint64_t>(packed_bytes(w.layout(), scheme, 513, 172)));
@@ -59,7 +59,7 @@ TEST(Packing, BlobIsAlignedAndSizedAsTheLayoutSays) {
 TEST(Serialization, ViewOverExternalMemoryGivesIdenticalResults) {
   const int64_t m = 3, n = 50, k = 96;
   const auto w = test::random_matrix(n, k, 11), x = test::random_matrix(m, k, 12);
-  for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C}) {
+  for (Scheme scheme : kAllSchemes) {
     PackedWeights owned = PackedWeights::allocate(n, k, scheme);
     owned.pack(w.data(), k);
     // "Write to a file": header + bytes; "mmap": a separate aligned buffer.

@@ -50,6 +50,45 @@ TEST_P(LayoutTest, OffsetsTileTheBlockWithoutOverlap) {
   }
 }
 
+// Q4K: d, dmin, the 6-bit scale bits (4 low + 2 high of each sc and m) and the nibbles of
+// every super-block each have their own bits, and the super-blocks tile the block.
+TEST_P(LayoutTest, Q4kSuperBlocksTileTheBlockBitByBit) {
+  const Layout& l = *find_layout(GetParam());
+  for (int64_t k : {1, 255, 256, 257, 4096}) {
+    const int64_t bb = block_bytes(l, Scheme::Q4K, k), supers = q4k_super_blocks(k);
+    ASSERT_EQ(bb, supers * q4k_super_block_bytes(l));
+    ASSERT_EQ(weight_groups(l, Scheme::Q4K, k), supers * kGroupsPerSuperBlock);
+    EXPECT_LE(supers * kSuperBlockSize, round_up(k, kActivationKAlign));  // activations cover the padding
+    std::vector<int> bits(static_cast<size_t>(bb * 8), 0);
+    auto mark = [&](int64_t byte, int bit0, int nbits) {
+      for (int b = bit0; b < bit0 + nbits; ++b) {
+        ASSERT_LT(byte, bb);
+        bits[byte * 8 + b]++;
+      }
+    };
+    for (int64_t s = 0; s < supers; ++s) {
+      const int64_t base = s * q4k_super_block_bytes(l);
+      for (int r = 0; r < l.nr; ++r) {
+        mark(base + q4k_d_offset() + 2 * r, 0, 8), mark(base + q4k_d_offset() + 2 * r + 1, 0, 8);
+        mark(base + q4k_dmin_offset(l) + 2 * r, 0, 8), mark(base + q4k_dmin_offset(l) + 2 * r + 1, 0, 8);
+        for (int j = 0; j < kGroupsPerSuperBlock; ++j) {
+          const Q4kScalePos p = q4k_scale_pos(l, j, r);
+          mark(base + p.lo4_byte, 0, 8);                // sc low 4 | m low 4
+          mark(base + p.hi2_byte, p.hi2_shift, 2);      // sc high 2
+          mark(base + p.hi2_byte, p.hi2_shift + 4, 2);  // m high 2
+        }
+      }
+      for (int j = 0; j < kGroupsPerSuperBlock; ++j) {
+        const int64_t g = s * kGroupsPerSuperBlock + j;
+        for (int64_t i = 0; i < group_bytes(l); ++i) mark(group_weights_offset(l, Scheme::Q4K, g) + i, 0, 8);
+      }
+    }
+    for (size_t i = 0; i < bits.size(); ++i) ASSERT_EQ(bits[i], 1) << "bit " << i << " k=" << k;
+    EXPECT_EQ(packed_bytes(l, Scheme::Q4K, 513, k) % 64, 0);
+    EXPECT_EQ(bb * 8, l.nr * round_up(k, kSuperBlockSize) * 9 / 2);  // 4.5 bits per weight
+  }
+}
+
 TEST_P(LayoutTest, NibbleCodingRoundTrips) {
   const Layout& l = *find_layout(GetParam());
   for (int q = -8; q <= 7; ++q) EXPECT_EQ(decode_nibble(l, encode_nibble(l, q)), q);

@@ -2,9 +2,10 @@
 // the layout-independent scalar reference: bit-exact, integer part and fp32 result.
 //
 // Why exact equality is the right check: the int32 group dot products are exact in every
-// kernel, |dot| <= 32*8*127 < 2^24 converts to fp32 exactly, and every kernel then performs
+// kernel, |dot| <= 32*15*127 < 2^24 converts to fp32 exactly, and every kernel then performs
 // the same fp32 operations in the same order (mul scale_w*scale_a, FMA per group in group
-// order; Q4C: FMA per group, one final mul) with FP contraction disabled.
+// order; Q4C: FMA per group, one final mul; Q4K: two FMAs per group, the scale term then
+// the min term) with FP contraction disabled.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -23,7 +24,7 @@ struct Shape {
 const Shape kShapes[] = {
     {1, 1, 1},    {1, 3, 31},    {1, 16, 32},  {1, 17, 33},   {1, 172, 64}, {1, 513, 172}, {1, 64, 1000},
     {2, 3, 33},   {5, 172, 172}, {8, 16, 64},  {9, 33, 31},   {3, 512, 64}, {13, 40, 100}, {17, 64, 512},
-    {4, 24, 256}, {7, 1, 95},    {16, 48, 96}, {32, 32, 160},
+    {4, 24, 256}, {7, 1, 95},    {16, 48, 96}, {32, 32, 160}, {3, 40, 768}, {1, 48, 1280},
 };
 
 std::string describe(IsaLevel level, Scheme s, const Shape& sh) {
@@ -45,7 +46,7 @@ int64_t count_mismatches(const std::vector<float>& a, const std::vector<float>& 
 
 TEST(UkernelExact, Fp32ResultEqualsReferenceOnEveryLevel) {
   test::for_each_isa([](IsaLevel level) {
-    for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C}) {
+    for (Scheme scheme : kAllSchemes) {
       uint32_t seed = 1;
       for (const Shape& sh : kShapes) {
         const auto w = test::random_matrix(sh.n, sh.k, seed++);
@@ -71,7 +72,7 @@ TEST(UkernelExact, Fp32ResultEqualsReferenceOnEveryLevel) {
 // of the int32 group dot products, which checks the integer part in isolation.
 TEST(UkernelExact, IntegerDotProductsAreExact) {
   test::for_each_isa([](IsaLevel level) {
-    for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C}) {
+    for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C}) {  // Q4K: test_q4k.cpp
       for (const Shape& sh : kShapes) {
         std::mt19937 rng(static_cast<uint32_t>(sh.m * 1000003 + sh.n * 1009 + sh.k));
         std::uniform_int_distribution<int> q4(-7, 7), q8(-126, 126);

@@ -8,6 +8,10 @@
 
 #include "cpuchat_kernels/int4_matmul.h"
 
+namespace cpuchat::kernels {
+inline constexpr Scheme kAllSchemes[] = {Scheme::Q4G32, Scheme::Q4C, Scheme::Q4K};
+}
+
 namespace cpuchat::kernels::test {
 
 // Gaussian values with a few large "outlier" entries, like LLM weights/activations.

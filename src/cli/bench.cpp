@@ -476,6 +476,20 @@ std::string concurrency_svg(const json& rows) {
   return o.str();
 }
 
+LoadOptions bench_load_options(const Args& a, Backend backend, int threads, int ctx) {
+  LoadOptions o;
+  o.model_path = a.get("--model");
+  o.synthetic = a.get("--synthetic");
+  o.backend = backend;
+  o.quant = parse_quant(a.get("--quant", "q4g32"));
+  o.threads = threads;
+  o.ctx = ctx;
+  o.require_tokenizer = false;
+  o.cache_packed = a.has("--cache-packed");
+  o.kv_type = parse_kv_type(a.get("--kv-type", "bf16"));
+  return o;
+}
+
 int bench_body(const Args& a) {
   json report;
   if (a.has("--merge")) {
@@ -541,16 +555,7 @@ int bench_body(const Args& a) {
       json rows = json::array(), interference = json::array();
       for (Backend backend : parsed) {
         reset_peak_rss();
-        LoadOptions o;
-        o.model_path = a.get("--model");
-        o.synthetic = a.get("--synthetic");
-        o.backend = backend;
-        o.quant = parse_quant(a.get("--quant", "q4g32"));
-        o.threads = threads.back();
-        o.ctx = std::max(prompt_tokens + gen_tokens + 8, long_prompt + 64);
-        o.require_tokenizer = false;
-        o.cache_packed = a.has("--cache-packed");
-        o.kv_type = parse_kv_type(a.get("--kv-type", "bf16"));
+        LoadOptions o = bench_load_options(a, backend, threads.back(), std::max(prompt_tokens + gen_tokens + 8, long_prompt + 64));
         o.batch.slots = max_n;
         o.batch.max_queue = max_n;
         o.batch.step_budget_ms = a.get_double("--step-budget-ms", o.batch.step_budget_ms, 1, 1e6);
@@ -655,16 +660,7 @@ int bench_body(const Args& a) {
     report["results"] = json::array();
     for (Backend backend : parsed) {
       reset_peak_rss();
-      LoadOptions o;
-      o.model_path = a.get("--model");
-      o.synthetic = a.get("--synthetic");
-      o.backend = backend;
-      o.quant = parse_quant(a.get("--quant", "q4g32"));
-      o.threads = threads.back();
-      o.ctx = prompt_tokens + gen_tokens + 8;
-      o.require_tokenizer = false;
-      o.cache_packed = a.has("--cache-packed");
-      o.kv_type = parse_kv_type(a.get("--kv-type", "bf16"));
+      LoadOptions o = bench_load_options(a, backend, threads.back(), prompt_tokens + gen_tokens + 8);
       o.batch.slots = 1;
       auto engine = Engine::load(o);
       const ModelInfo& info = engine->info();

@@ -24,7 +24,7 @@ const char* kModelUsage =
     "  --model PATH       HF dir, Meta dir, llama2.c .bin or .gguf\n"
     "  --tokenizer FILE   tokenizer override (required for llama2.c .bin)\n"
     "  --backend B        int4 (default for chat/serve), bf16 or fp32\n"
-    "  --quant Q          int4 weights: q4g32 (default) or q4c\n"
+    "  --quant Q          int4 weights: q4k (default), q4g32 or q4c\n"
     "  --threads N        default: physical cores\n"
     "  --ctx N            context length (default: min(model, 4096))\n"
     "  --kv-type T        KV cache storage: fp32, bf16 or int8 (default bf16; logits: fp32)\n"
@@ -42,7 +42,7 @@ LoadOptions load_options(const Args& a, Backend default_backend, bool require_to
   o.tokenizer_path = a.get("--tokenizer");
   try {
     o.backend = a.has("--backend") ? parse_backend(a.get("--backend")) : default_backend;
-    o.quant = parse_quant(a.get("--quant", "q4g32"));
+    o.quant = parse_quant(a.get("--quant", "q4k"));
     o.kv_type = a.has("--kv-type") ? parse_kv_type(a.get("--kv-type")) : default_kv;
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());

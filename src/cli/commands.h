@@ -12,5 +12,6 @@ int chat_command(int argc, char** argv);
 int make_model_command(int argc, char** argv);
 int perplexity_command(int argc, char** argv);
 int bench_command(int argc, char** argv);
+int quant_eval_command(int argc, char** argv);  // src/cli/quant_eval.cpp
 
 }  // namespace cpuchat

@@ -22,6 +22,7 @@ const char* kUsage =
     "  logits      full-vocab logit statistics for --ids (one forward pass)\n"
     "  tokenize    text -> ids;  detokenize: ids -> text\n"
     "  perplexity  perplexity of a text file\n"
+    "  quant-eval  KL divergence / top-1 agreement of weight formats vs fp32\n"
     "  make-model  write a random-weight HF checkpoint of a known shape\n"
     "  bench       before/after benchmark (tokens/s, TTFT, roofline, cost)\n"
     "run 'cpuchat <command> --help' for its flags\n";
@@ -49,7 +50,7 @@ int main(int argc, char** argv) {
       {"generate", cpuchat::generate_command},     {"logits", cpuchat::logits_command},
       {"tokenize", cpuchat::tokenize_command},     {"detokenize", cpuchat::detokenize_command},
       {"perplexity", cpuchat::perplexity_command}, {"make-model", cpuchat::make_model_command},
-      {"bench", cpuchat::bench_command},
+      {"bench", cpuchat::bench_command},          {"quant-eval", cpuchat::quant_eval_command},
   };
   for (const Entry& e : commands) {
     if (cmd != e.name) continue;

@@ -57,7 +57,9 @@ Backend parse_backend(const std::string& s) {
   throw std::invalid_argument("unknown backend '" + s + "' (expected int4, bf16 or fp32)");
 }
 
-std::string quant_name(QuantScheme q) { return q == QuantScheme::Q4G32 ? "q4g32" : "q4c"; }
+std::string quant_name(QuantScheme q) {
+  return q == QuantScheme::Q4G32 ? "q4g32" : q == QuantScheme::Q4C ? "q4c" : "q4k";
+}
 
 std::string kv_type_name(KVType t) { return t == KVType::FP32 ? "fp32" : t == KVType::BF16 ? "bf16" : "int8"; }
 
@@ -71,7 +73,8 @@ KVType parse_kv_type(const std::string& s) {
 QuantScheme parse_quant(const std::string& s) {
   if (s == "q4g32") return QuantScheme::Q4G32;
   if (s == "q4c") return QuantScheme::Q4C;
-  throw std::invalid_argument("unknown quantization '" + s + "' (expected q4g32 or q4c)");
+  if (s == "q4k") return QuantScheme::Q4K;
+  throw std::invalid_argument("unknown quantization '" + s + "' (expected q4g32, q4c or q4k)");
 }
 
 ContextOverflow::ContextOverflow(int prompt, int context)

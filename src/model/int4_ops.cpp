@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "cpuchat_kernels/int4_matmul.h"
+#include "model/gguf_quant.h"
 #include "model/model.h"
 
 namespace cpuchat {
@@ -36,18 +37,23 @@ kn::PackedWeights view_of(const torch::Tensor& packed) {
 
 torch::Tensor int4_pack_op(const torch::Tensor& weight, c10::string_view scheme_name) {
   TORCH_CHECK(weight.dim() == 2, "int4_pack: weight must be 2-D [N, K]");
-  const kn::Scheme scheme = scheme_name == "q4c" ? kn::Scheme::Q4C : kn::Scheme::Q4G32;
-  TORCH_CHECK(scheme_name == "q4c" || scheme_name == "q4g32", "int4_pack: scheme must be q4g32 or q4c");
+  TORCH_CHECK(scheme_name == "q4c" || scheme_name == "q4g32" || scheme_name == "q4k",
+              "int4_pack: scheme must be q4g32, q4c or q4k");
+  const kn::Scheme scheme = scheme_name == "q4c" ? kn::Scheme::Q4C : scheme_name == "q4k" ? kn::Scheme::Q4K : kn::Scheme::Q4G32;
   const int64_t n = weight.size(0), k = weight.size(1);
   // Pack into a scratch owner, then copy once into the tensor, keeping the blob aligned.
   kn::PackedWeights w = kn::PackedWeights::allocate(n, k, scheme);
   torch::Tensor src = weight.is_contiguous() ? weight : weight.contiguous();
   if (src.scalar_type() != torch::kBFloat16 && src.scalar_type() != torch::kFloat32) src = src.to(torch::kFloat32);
+  // A GGUF Q4_K tensor packs into q4k exactly, from its own blocks (see gguf_quant.h).
+  const std::unique_ptr<gguf::ExactQ4kSource> exact = scheme == kn::Scheme::Q4K ? gguf::take_exact_q4k(src) : nullptr;
   // Row blocks are independent: pack them on libtorch's threads.
   const int64_t align = w.row_alignment(), blocks = (n + align - 1) / align;
   at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
     const int64_t r0 = b0 * align, r1 = std::min(n, b1 * align);
-    if (src.scalar_type() == torch::kBFloat16)
+    if (exact)
+      gguf::pack_exact_q4k(*exact, w, r0, r1);
+    else if (src.scalar_type() == torch::kBFloat16)
       w.pack_rows_bf16(reinterpret_cast<const uint16_t*>(src.data_ptr()) + r0 * k, k, r0, r1);
     else
       w.pack_rows(src.data_ptr<float>() + r0 * k, k, r0, r1);
@@ -117,7 +123,7 @@ torch::Tensor int4_pack(const torch::Tensor& weight, QuantScheme quant) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("cpuchat::int4_pack", "")
                        .typed<torch::Tensor(const torch::Tensor&, c10::string_view)>();
-  return op.call(weight, quant == QuantScheme::Q4C ? "q4c" : "q4g32");
+  return op.call(weight, quant_name(quant));
 }
 
 std::unique_ptr<Linear> make_int4_linear(torch::Tensor packed) {

@@ -50,7 +50,7 @@ const char* serve_usage() {
          "  --model PATH            HF dir, Meta dir, llama2.c .bin or .gguf (required)\n"
          "  --tokenizer FILE        tokenizer override (required for llama2.c .bin)\n"
          "  --backend LIST          int4|bf16|fp32, or a comma list (one model id each) [int4]\n"
-         "  --quant q4g32|q4c       int4 weight scheme [q4g32]\n"
+         "  --quant q4g32|q4c|q4k   int4 weight scheme [q4k]\n"
          "  --cache-packed          save/load int4-packed weights next to the model\n"
          "  --host ADDR             bind address [127.0.0.1]\n"
          "  --port N                port, 0 for any free port [8080]\n"
@@ -113,7 +113,8 @@ ServeOptions parse_serve_args(int argc, char** argv) {
       std::string q = next();
       if (q == "q4g32") o.quant = QuantScheme::Q4G32;
       else if (q == "q4c") o.quant = QuantScheme::Q4C;
-      else throw UsageError("--quant: unknown scheme '" + q + "' (expected q4g32 or q4c)");
+      else if (q == "q4k") o.quant = QuantScheme::Q4K;
+      else throw UsageError("--quant: unknown scheme '" + q + "' (expected q4g32, q4c or q4k)");
     } else if (flag == "--cache-packed") o.cache_packed = true;
     else if (flag == "--host") o.host = next();
     else if (flag == "--port") o.port = static_cast<int>(parse_int(flag, next(), 0, 65535));

@@ -14,7 +14,7 @@ struct ServeOptions {
   std::string model_path;
   std::string tokenizer_path;
   std::vector<Backend> backends{Backend::INT4};  // one engine (and model id) per backend
-  QuantScheme quant = QuantScheme::Q4G32;
+  QuantScheme quant = QuantScheme::Q4K;
   bool cache_packed = false;
   std::string host = "127.0.0.1";
   int port = 8080;                 // 0: any free port (logged and printed)

@@ -71,6 +71,8 @@ TEST(Int4Engine, AgreesWithFp32OnTheFixtureSequencesAndTellsAStory) {
   o.backend = Backend::FP32;
   auto fp32 = Engine::load(o);
   o.backend = Backend::INT4;
+  // q4g32: 4.5 bits for every weight of this K=64 model (the default q4k pads K to 256, 4x here).
+  o.quant = QuantScheme::Q4G32;
   auto int4 = Engine::load(o);
   EXPECT_EQ(int4->info().backend, "int4");
   EXPECT_FALSE(int4->info().isa.empty());

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -51,7 +52,7 @@ TEST(Perplexity, StoryScoresLowShuffledWordsHighInt4StaysClose) {
   fs::remove(shuffled);
   EXPECT_GT(ppl_shuffled, 10 * ppl_fp32);
 
-  for (const char* quant : {"q4g32", "q4c"}) {
+  for (const char* quant : {"q4g32", "q4c", "q4k"}) {
     const auto int4 = perplexity(kStory, {"--backend", "int4", "--quant", quant});
     const double ppl = int4["perplexity"];
     std::cout << "int4 " << quant << " perplexity " << ppl << " (" << 100 * (ppl / ppl_fp32 - 1) << " % over fp32)\n";
@@ -61,6 +62,29 @@ TEST(Perplexity, StoryScoresLowShuffledWordsHighInt4StaysClose) {
   }
   const double ppl_bf16 = perplexity(kStory, {"--backend", "bf16"})["perplexity"];
   EXPECT_NEAR(ppl_bf16, ppl_fp32, 0.01 * ppl_fp32);
+}
+
+// `cpuchat quant-eval`: fp32 against itself is exact, and the K-quant-class q4k moves the
+// next-token distributions less than the symmetric q4g32 at the same 4.5 bits/weight.
+TEST(QuantEval, FormatsAreRankedByTheirDistanceFromFp32) {
+  const auto r = run_process({CPUCHAT_BINARY, "quant-eval", "--model", kModel, "--text", kStory, "--json", "--threads", "2",
+                              "--formats", "fp32,bf16,q4g32,q4k"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::map<std::string, nlohmann::json> by;
+  const nlohmann::json out = nlohmann::json::parse(r.out);
+  for (const auto& row : out["results"]) by[row["format"].get<std::string>()] = row;
+  ASSERT_EQ(by.size(), 4u);
+  EXPECT_EQ(by["fp32"]["kl_divergence"].get<double>(), 0.0);
+  EXPECT_EQ(by["fp32"]["top1_agreement"].get<double>(), 1.0);
+  EXPECT_LT(by["bf16"]["kl_divergence"].get<double>(), 0.01);
+  const double kl_g32 = by["q4g32"]["kl_divergence"], kl_k = by["q4k"]["kl_divergence"];
+  std::cout << "KL vs fp32: q4g32 " << kl_g32 << ", q4k " << kl_k << "\n";
+  EXPECT_GT(kl_k, 0.0);
+  EXPECT_LT(kl_k, kl_g32);
+  EXPECT_GT(by["q4k"]["top1_agreement"].get<double>(), 0.8);
+  const auto bad = run_process({CPUCHAT_BINARY, "quant-eval", "--model", kModel, "--text", kStory, "--formats", "q5x"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("q5x"), std::string::npos) << bad.err;
 }
 
 TEST(Perplexity, BadInputIsAOneLineError) {

@@ -17,6 +17,7 @@
 //   dot_g  = sum over the 32 K of group g of q_x * q_w        (exact int32)
 //   Q4G32: acc = fma(float(dot_g), scale_w[n][g] * scale_x[m][g], acc) for g = 0, 1, ...
 //   Q4C  : acc = fma(float(dot_g), scale_x[m][g], acc) ...;  y = acc * scale_w[n]
+//   Q4K  : acc = fma(float(dot_g), (d sc_g) * scale_x, acc); acc = fma(-(dmin m_g), scale_x * sum_x, acc)
 #pragma once
 
 #include <cstddef>
@@ -40,7 +41,7 @@ LayoutId layout_for_isa(IsaLevel level);
 // use them later from an mmap through PackedWeights::view).
 struct PackedHeader {
   static constexpr uint32_t kMagic = 0x34514343;  // "CCQ4"
-  static constexpr uint32_t kVersion = 1;
+  static constexpr uint32_t kVersion = 2;  // 2: q4g32/q4c scales searched (same bytes), q4k
   uint32_t magic = kMagic;
   uint32_t version = kVersion;
   int64_t n = 0;            // output channels (rows of W)
@@ -51,6 +52,14 @@ struct PackedHeader {
 };
 static_assert(sizeof(PackedHeader) == 40 && std::is_trivially_copyable_v<PackedHeader>,
               "PackedHeader is written to files as raw bytes: fixed size, no padding");
+
+// One row's Q4K super-block, unpacked: w ~= fp16(d) * sc[j] * q[i] - fp16(dmin) * m[j],
+// j = i / 32 (the Q4_K arithmetic; reference.h has the quantizer).
+struct Q4kSuperBlock {
+  uint16_t d = 0, dmin = 0;                                             // fp16 bits
+  uint8_t sc[kGroupsPerSuperBlock] = {}, m[kGroupsPerSuperBlock] = {};  // 0..63
+  uint8_t q[kSuperBlockSize] = {};                                      // 0..15
+};
 
 class PackedWeights {
  public:
@@ -68,6 +77,11 @@ class PackedWeights {
   void pack_rows(const float* rows, int64_t ld, int64_t row_begin, int64_t row_end);
   // Same from bf16 rows (raw uint16_t bf16 bits), e.g. straight from a checkpoint.
   void pack_rows_bf16(const uint16_t* rows, int64_t ld, int64_t row_begin, int64_t row_end);
+  // Q4K only: stores already-quantized super-blocks exactly (e.g. a GGUF Q4_K tensor, no
+  // float round trip). `blocks` holds (row_end - row_begin) x ceil(K / 256) super-blocks in
+  // row order; same row-range rules as pack_rows. Values out of range (sc, m > 63, q > 15)
+  // are an error.
+  void pack_q4k_super_blocks(const Q4kSuperBlock* blocks, int64_t row_begin, int64_t row_end);
   // Convenience: pack all N rows.
   void pack(const float* w, int64_t ld) { pack_rows(w, ld, 0, n()); }
 

@@ -45,17 +45,25 @@ struct KernelSet {
 
 // Generic kernel: reads any layout through packed_layout.h; the "scalar" level.
 void matmul_q8b32_q4p_any_scalar(const Args& args);
+void matmul_q8b32_q4kp_any_scalar(const Args& args);  // Scheme::Q4K
 
 #if defined(__x86_64__) || defined(_M_X64)
 void matmul_q8b32_q4p16x4_1x16_avx2(const Args& args);
 void matmul_q8b32_q4p16x4_4x8_avx2(const Args& args);
 void matmul_q8b32_q4p16x4_1x16_avx512vnni(const Args& args);
 void matmul_q8b32_q4p16x4_6x32_avx512vnni(const Args& args);
+void matmul_q8b32_q4kp16x4_1x16_avx2(const Args& args);
+void matmul_q8b32_q4kp16x4_4x8_avx2(const Args& args);
+void matmul_q8b32_q4kp16x4_1x16_avx512vnni(const Args& args);
+void matmul_q8b32_q4kp16x4_6x32_avx512vnni(const Args& args);
 #endif
 #if defined(__aarch64__)
 void matmul_q8b32_q4p8x8_1x8_neon_dotprod(const Args& args);
 void matmul_q8b32_q4p8x8_4x8_neon_dotprod(const Args& args);
 void matmul_q8b32_q4p8x8_4x8_neon_i8mm(const Args& args);
+void matmul_q8b32_q4kp8x8_1x8_neon_dotprod(const Args& args);
+void matmul_q8b32_q4kp8x8_4x8_neon_dotprod(const Args& args);
+void matmul_q8b32_q4kp8x8_4x8_neon_i8mm(const Args& args);
 #endif
 
 // Writes `count` floats from a full tile row to Y (partial last blocks).
