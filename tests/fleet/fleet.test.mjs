@@ -7,7 +7,8 @@
 //   3. SIGTERM a replica while it streams: its streams finish normally, new requests go to
 //      the others, nothing fails, the replica exits 0;
 //   4. kill -9 a replica: requests that had not started streaming are retried by nginx;
-//      zero of them fail.
+//      zero of them fail;
+//   5. a second SIGTERM during a drain exits at once (status 1).
 // Env (set by CTest): CPUCHAT_BINARY, CPUCHAT_TEST_MODEL, CPUCHAT_SOURCE_DIR, CPUCHAT_NGINX,
 // CPUCHAT_PROMETHEUS.
 import assert from 'node:assert/strict';
@@ -356,6 +357,21 @@ async function killNine(nginx, victim, survivor) {
   log(`kill -9 ${victim.id}: ${retried} request(s) retried on ${survivor.id}, ${cutStreams} started stream(s) cut, 0 failed`);
 }
 
+async function secondSignalExitsAtOnce(replica) {
+  // Straight to the replica (nginx has nowhere else to send it now).
+  const streams = Array.from({ length: 4 }, () => stream(replica.url, long, 'last-words'));
+  await streams[0].started;
+  replica.proc.kill('SIGTERM');
+  await waitFor('draining', async () => ({ ok: (await fetch(replica.url + '/health')).status === 503 }), 1000);
+  const t = Date.now();
+  replica.proc.kill('SIGTERM');
+  const exit = await Promise.race([replica.exited, sleep(5000).then(() => ({ code: 'timeout' }))]);
+  assert.deepEqual(exit, { code: 1, signal: null }, `second SIGTERM: ${JSON.stringify(exit)}`);
+  const results = await Promise.all(streams.map((x) => x.done));
+  assert.ok(results.some((r) => !r.sawDone || r.errors.length), 'every stream had finished: the second signal was not tested');
+  log(`second SIGTERM: ${replica.id} exited 1 after ${Date.now() - t} ms, cutting ${results.filter((r) => !r.sawDone || r.errors.length).length} stream(s)`);
+}
+
 // ---- main ------------------------------------------------------------------------------
 
 async function main() {
@@ -373,6 +389,7 @@ async function main() {
   const others = replicas.filter((r) => r !== drainVictim);
   await drainOnSigterm(nginx, drainVictim, 'conversation-alpha', others.map((r) => r.id));
   await killNine(nginx, others[0], others[1]);
+  await secondSignalExitsAtOnce(others[1]);
   log(`passed in ${Date.now() - t0} ms`);
 }
 
