@@ -105,6 +105,7 @@ export async function* sseData(body, signal) {
 
 // POST /v1/chat/completions with stream: true. Yields
 //   {type: 'delta', text}                      one per content delta
+//   {type: 'tool_call', index, id, name, arguments}  a tool-call delta (fields as sent; arguments a fragment)
 //   {type: 'finish', reason, metrics}          the chunk with finish_reason
 //   {type: 'usage', usage}                     the include_usage chunk
 // Throws ApiError for HTTP errors, in-stream errors and a stream cut before [DONE];
@@ -139,6 +140,9 @@ export async function* streamChat(params, { signal, sessionId } = {}) {
     if (choice) {
       const text = choice.delta && choice.delta.content;
       if (typeof text === 'string' && text !== '') yield { type: 'delta', text };
+      for (const tc of (choice.delta && choice.delta.tool_calls) || []) {
+        yield { type: 'tool_call', index: tc.index ?? 0, id: tc.id ?? null, name: tc.function?.name ?? null, arguments: tc.function?.arguments ?? '' };
+      }
       if (choice.finish_reason) {
         finished = true;
         yield { type: 'finish', reason: choice.finish_reason, metrics: chunk.metrics || null };

@@ -1,7 +1,7 @@
 // cpuchat page: chat, settings, theme, session dashboard. Wires the modules together.
 
 import { listModels, listInstances, streamChat, describeError, health } from './api.js';
-import { renderMarkdown } from './markdown.js';
+import { renderMarkdown, renderToolCalls, toolCallsInText } from './markdown.js';
 import { metricsPanel, SessionStats, h } from './dashboard.js';
 import { fmtNum, fmtSpeed, fmtSeconds, backendLabel } from './format.js';
 import { Compare } from './compare.js';
@@ -274,6 +274,7 @@ class AssistantTurn {
       h('div', { class: 'avatar', 'aria-hidden': 'true', text: 'AI' }),
       h('div', { class: 'msg-col' }, this.bubble, this.meta));
     this.text = '';
+    this.calls = []; // tool calls streamed as delta.tool_calls: [{id, name, arguments}]
     this.pending = false;
     this.body.append(h('span', { class: 'typing', 'aria-label': 'Waiting for the first token' },
       h('i'), h('i'), h('i')));
@@ -288,16 +289,33 @@ class AssistantTurn {
     requestAnimationFrame(() => this.flush());
   }
 
+  toolCall(ev) {
+    const call = this.calls[ev.index] || (this.calls[ev.index] = { id: null, name: '', arguments: '' });
+    if (ev.id) call.id = ev.id;
+    if (ev.name) call.name = ev.name;
+    call.arguments += ev.arguments || '';
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => this.flush());
+  }
+
+  // Text, or tool calls as blocks (streamed ones, or a call the model wrote as text).
+  html() {
+    const inText = this.calls.length ? null : toolCallsInText(this.text);
+    if (inText) return renderToolCalls(inText);
+    return renderMarkdown(this.text) + renderToolCalls(this.calls.filter(Boolean)); // both escape
+  }
+
   flush() {
     this.pending = false;
     const stick = nearBottom();
-    this.body.innerHTML = renderMarkdown(this.text); // escaped by renderMarkdown
+    this.body.innerHTML = this.html();
     if (stick) scrollToBottom(true);
   }
 
   end() {
     this.pending = false;
-    if (this.text) this.body.innerHTML = renderMarkdown(this.text);
+    if (this.text || this.calls.length) this.body.innerHTML = this.html();
     else this.body.replaceChildren();
     this.bubble.classList.remove('streaming');
     this.bubble.setAttribute('aria-busy', 'false');
@@ -305,7 +323,7 @@ class AssistantTurn {
 
   finish(reason, metrics) {
     this.end();
-    if (!this.text) this.body.append(h('em', { class: 'muted', text: '(empty answer)' }));
+    if (!this.text && !this.calls.length) this.body.append(h('em', { class: 'muted', text: '(empty answer)' }));
     if (reason === 'length') {
       this.meta.append(h('span', { class: 'tag', text: 'Reached the max tokens limit' }));
     }
@@ -377,6 +395,7 @@ async function sendMessage(text) {
   try {
     for await (const ev of streamChat(params, { signal: controller.signal, sessionId: state.sessionId })) {
       if (ev.type === 'delta') turn.append(ev.text);
+      else if (ev.type === 'tool_call') turn.toolCall(ev);
       else if (ev.type === 'finish') {
         gotFinish = true;
         turn.finish(ev.reason, ev.metrics);

@@ -164,3 +164,32 @@ export function renderMarkdown(text) {
     .replace(/\r\n?/g, '\n');
   return renderBlocks(escapeHtml(clean).split('\n'));
 }
+
+// Tool calls as readable blocks: the function name, then its arguments pretty-printed (or
+// as they are while they still stream in and do not parse yet). calls: [{name, arguments}].
+export function renderToolCalls(calls) {
+  let html = '';
+  for (const c of calls || []) {
+    let args = String(c.arguments ?? '');
+    try { args = JSON.stringify(JSON.parse(args), null, 2); } catch { /* partial: show as is */ }
+    html += `<div class="tool-call"><div class="tool-call-name"><span class="tool-call-label">Tool call</span> ` +
+      `<code>${escapeHtml(String(c.name ?? ''))}</code></div><pre><code>${escapeHtml(args)}</code></pre></div>`;
+  }
+  return html;
+}
+
+// A Llama 3.1 call written as text ({"name": ..., "parameters": {...}} or after
+// <|python_tag|>), as the model writes it when it was not asked through `tools`: the calls,
+// or null when the text is not one.
+export function toolCallsInText(text) {
+  let t = String(text ?? '').trim();
+  if (t.startsWith('<|python_tag|>')) t = t.slice('<|python_tag|>'.length).trim();
+  if (!t.startsWith('{')) return null;
+  try {
+    const j = JSON.parse(t);
+    if (j && typeof j.name === 'string' && (typeof j.parameters === 'object' || typeof j.arguments === 'object')) {
+      return [{ name: j.name, arguments: JSON.stringify(j.parameters ?? j.arguments) }];
+    }
+  } catch { /* not JSON */ }
+  return null;
+}

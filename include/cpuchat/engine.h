@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cpuchat/constraint.h"
 #include "cpuchat/tokenizer.h"
 
 namespace cpuchat {
@@ -97,6 +98,8 @@ struct GenerateRequest {
   // A conversation id (X-Session-Id, prompt_cache_key or user): its turns keep their slot,
   // and a free slot holding another key's conversation is only taken when no other is free.
   std::string affinity_key;
+  // Grammar / JSON Schema / tool-call constraint and logit_bias (src/engine/token_constraint.h); null: free.
+  std::shared_ptr<TokenConstraint> constraint;
 };
 
 struct TokenLogprob {

@@ -16,7 +16,9 @@ namespace cpuchat {
 // otherwise (e.g. the 512-piece TinyStories vocabulary). A tokenizer cannot tell a base
 // model from a chat model, so a model loader may overwrite chat_format (stories15M uses
 // Llama 2's vocabulary but is a base model).
-enum class ChatFormat { Llama3, Llama2, Plain };
+// Llama31: Llama 3.1's template (its "Cutting Knowledge Date" system preamble and tool
+// calling), for Llama 3 vocabularies that name <|python_tag|>.
+enum class ChatFormat { Llama31, Llama3, Llama2, Plain };
 
 class Tokenizer {
  public:
@@ -77,16 +79,37 @@ class StreamingDecoder {
   bool first_ = true;
 };
 
-struct ChatMessage {
-  std::string role;  // "system", "user", "assistant"
-  std::string content;
+struct ChatToolCall {
+  std::string id;
+  std::string name;
+  std::string arguments;  // the arguments object as JSON text (as OpenAI clients send it)
 };
+
+struct ChatMessage {
+  std::string role;  // "system", "user", "assistant", "tool" (a tool's result)
+  std::string content;
+  std::vector<ChatToolCall> tool_calls;  // an assistant turn that calls tools
+  std::string tool_call_id;              // a tool result: the call it answers
+};
+
+// Tools offered to the model (OpenAI `tools`), rendered the way Llama 3.1 was trained.
+struct ChatTools {
+  std::string definitions_json;        // JSON array of tool definitions, keys in the order sent; "" for none
+  bool in_user_message = true;         // Llama 3.1: in the first user message (its default) or the system turn
+  std::vector<std::string> builtin;    // Llama 3.1 built-in tools: brave_search, wolfram_alpha, code_interpreter
+  std::string date = "26 Jul 2024";    // the template's "Today Date"
+  bool any() const { return !definitions_json.empty() || !builtin.empty(); }
+};
+
+// The Llama 3.1 custom-tool instruction text that precedes the tool definitions, and one
+// call as Llama 3.1 writes it: {"name": "...", "parameters": {...}} (Python json.dumps style).
+std::string llama31_tool_call_text(const ChatToolCall& call);
 
 // Renders messages with the tokenizer's chat format and encodes them (with BOS).
 // Message contents are encoded with special-token parsing off, so user text that looks
 // like "<|eot_id|>" cannot forge a turn. add_generation_prompt opens the assistant turn.
 std::vector<int> encode_chat(const Tokenizer& tok, const std::vector<ChatMessage>& messages,
-                             bool add_generation_prompt = true);
+                             bool add_generation_prompt = true, const ChatTools& tools = {});
 // The same prompt as text, for display and tests. Contents are trimmed. Formats:
 //   Llama3: <|begin_of_text|> then per message <|start_header_id|>{role}<|end_header_id|>\n\n
 //           {content}<|eot_id|>; the generation prompt is <|start_header_id|>assistant<|end_header_id|>\n\n
@@ -94,8 +117,17 @@ std::vector<int> encode_chat(const Tokenizer& tok, const std::vector<ChatMessage
 //           exchange; the last user turn stays open (add_generation_prompt changes nothing).
 //   Plain:  BOS + all contents joined with single spaces, so a base/story model continues the
 //           text (no role labels).
-// Roles other than system/user/assistant throw std::invalid_argument.
+//   Llama31: Meta's Llama 3.1 Instruct template exactly (as transformers renders it): a system
+//           turn with "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+//           before the system prompt; tools as JSON (indent 4) in the first user message or the
+//           system turn; tool calls as {"name": ..., "parameters": ...}; tool results in an
+//           ipython turn (JSON-encoded); several calls in one turn go on separate lines.
+// The other formats have no tool syntax: tool definitions, calls and results become text
+// (the Llama 3.1 instruction in the first user message, calls as JSON, results as user turns);
+// Plain (base models) gets the calls and results but no tool instructions.
+// Roles other than system/user/assistant/tool throw std::invalid_argument, as does a bad
+// tool call (arguments that are not a JSON object) or tools without a user message.
 std::string render_chat(ChatFormat format, const std::vector<ChatMessage>& messages,
-                        bool add_generation_prompt = true);
+                        bool add_generation_prompt = true, const ChatTools& tools = {});
 
 }  // namespace cpuchat

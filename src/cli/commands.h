@@ -13,5 +13,6 @@ int make_model_command(int argc, char** argv);
 int perplexity_command(int argc, char** argv);
 int bench_command(int argc, char** argv);
 int quant_eval_command(int argc, char** argv);  // src/cli/quant_eval.cpp
+int bench_constrained_command(int argc, char** argv);  // bench_constrained.cpp
 
 }  // namespace cpuchat

@@ -25,6 +25,7 @@ const char* kUsage =
     "  quant-eval  KL divergence / top-1 agreement of weight formats vs fp32\n"
     "  make-model  write a random-weight HF checkpoint of a known shape\n"
     "  bench       before/after benchmark (tokens/s, TTFT, roofline, cost)\n"
+    "  bench-constrained  grammar-constrained vs free decoding, per-token cost\n"
     "run 'cpuchat <command> --help' for its flags\n";
 
 }  // namespace
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
       {"tokenize", cpuchat::tokenize_command},     {"detokenize", cpuchat::detokenize_command},
       {"perplexity", cpuchat::perplexity_command}, {"make-model", cpuchat::make_model_command},
       {"bench", cpuchat::bench_command},          {"quant-eval", cpuchat::quant_eval_command},
+      {"bench-constrained", cpuchat::bench_constrained_command},
   };
   for (const Entry& e : commands) {
     if (cmd != e.name) continue;

@@ -125,6 +125,8 @@ struct Scheduler::Job final : Generation {
     std::vector<float> row(logits, logits + vocab);
     std::vector<float> raw;
     if (req.top_logprobs >= 0) raw = row;  // logprobs describe the model, before penalties
+    if (req.constraint)  // budget: max_tokens, or the context end (this token always counts)
+      req.constraint->mask(row.data(), vocab, std::min(req.max_tokens - int(result.ids.size()), ctx - int(cached) + 1));
     const int id = sampler->sample(row, history, result.ids);
     t_last = Clock::now();
     if (!any_token) t_first = t_last;
@@ -138,6 +140,7 @@ struct Scheduler::Job final : Generation {
       result.finish_reason = "stop";
       return true;
     }
+    if (req.constraint) req.constraint->accept(id);
     result.ids.push_back(id);
     history.push_back(id);
     if (lp) result.logprobs.push_back(*lp);
@@ -147,7 +150,7 @@ struct Scheduler::Job final : Generation {
     if (decoder) ev.text = stop->push(decoder->push(id), stop_hit);
     result.text += ev.text;
     emit(std::move(ev));
-    if (stop_hit) {
+    if (stop_hit || (req.constraint && req.constraint->finished())) {  // a constrained answer ends when complete
       result.finish_reason = "stop";
       return true;
     }

@@ -113,6 +113,7 @@ Checkpoint load_hf_checkpoint(const std::string& dir) {
   }
   std::sort(c.eos_ids.begin(), c.eos_ids.end());
   c.eos_ids.erase(std::unique(c.eos_ids.begin(), c.eos_ids.end()), c.eos_ids.end());
+  validate_config(c, cfg_path);  // errors name config.json, before any weight is read
 
   // Weights: one file, or shards listed by the index.
   const std::string index_path = dir + "/model.safetensors.index.json";

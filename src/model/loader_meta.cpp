@@ -131,6 +131,7 @@ Checkpoint load_meta_checkpoint(const std::string& dir) {
     c.max_position = 8192;
   }
 
+  validate_config(c, params_path);  // errors name params.json, before any weight is read
   const auto files = consolidated_files(dir);
   if (files.empty()) throw std::runtime_error(dir + ": no consolidated.*.pth checkpoint");
   if (files.size() > 1)

@@ -22,6 +22,7 @@ class EngineModel final : public ServedModel {
     return ids;
   }
   std::string token_bytes(int id) const override { return engine_->tokenizer().token_bytes(id); }
+  const Tokenizer* tokenizer() const override { return engine_->has_tokenizer() ? &engine_->tokenizer() : nullptr; }
   std::shared_ptr<Generation> submit(GenerateRequest req) override { return engine_->submit(std::move(req)); }
   SchedulerStats stats() const override { return engine_->stats(); }
   void shutdown() override { engine_->shutdown(); }

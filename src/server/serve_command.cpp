@@ -79,6 +79,7 @@ int serve_command(int argc, char** argv) {
   cfg.max_queue = opts.max_queue;
   cfg.expected_models = static_cast<int>(opts.backends.size());
   cfg.max_body_bytes = opts.max_body_bytes;
+  cfg.connections.max_connections = opts.max_connections;
   cfg.pricing = opts.pricing;
   cfg.api_key = opts.api_key;
   cfg.cors_origin = opts.cors_origin;
@@ -87,7 +88,9 @@ int serve_command(int argc, char** argv) {
 
   const int port = server.bind(opts.host, opts.port);
   if (port < 0) {
-    spdlog::error("cannot bind {}:{} (in use, or not a local address)", opts.host, opts.port);
+    spdlog::error("cannot bind {}:{}: {}", opts.host, opts.port, server.bind_error());
+    fprintf(stderr, "cpuchat serve: error: cannot listen on %s:%d: %s\n", opts.host.c_str(), opts.port,
+            server.bind_error().c_str());
     return 1;
   }
   const std::string url = "http://" + (opts.host.find(':') != std::string::npos ? "[" + opts.host + "]" : opts.host) +

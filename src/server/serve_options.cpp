@@ -64,6 +64,7 @@ const char* serve_usage() {
          "                          that rides along (chunked prefill) [400]\n"
          "  --batch-tokens N        token rows per forward step at most [512]\n"
          "  --max-queue N           requests waiting per model before 429 [16]\n"
+         "  --max-connections N     open HTTP connections before new ones get 503 [512]\n"
          "  --max-body-bytes N      request body limit (413 above) [4194304]\n"
          "  --instance NAME         price preset for the cost metrics [r8g.4xlarge] (GET /v1/instances)\n"
          "  --price-per-hour USD    override the instance price\n"
@@ -122,6 +123,7 @@ ServeOptions parse_serve_args(int argc, char** argv) {
     else if (flag == "--ctx") o.ctx = static_cast<int>(parse_int(flag, next(), 0, 1 << 20));
     else if (flag == "--parallel") o.parallel = static_cast<int>(parse_int(flag, next(), 1, 256));
     else if (flag == "--max-queue") o.max_queue = static_cast<int>(parse_int(flag, next(), 0, 100000));
+    else if (flag == "--max-connections") o.max_connections = static_cast<int>(parse_int(flag, next(), 1, 900));
     else if (flag == "--kv-type") {
       const std::string t = next();
       if (t == "fp32") o.kv_type = KVType::FP32;

@@ -26,6 +26,7 @@ struct ServeOptions {
   double step_budget_ms = 400;     // prefill chunk sizing (see BatchOptions)
   int batch_tokens = 512;
   size_t max_body_bytes = 4u << 20;
+  int max_connections = 512;  // open HTTP connections; more get 503
   Pricing pricing;                 // --instance / --price-per-hour
   std::string api_key;             // "": no auth
   std::string cors_origin;         // "": no CORS headers

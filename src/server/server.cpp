@@ -2,13 +2,16 @@
 #include "server/server.h"
 
 #include <chrono>
+#include <optional>
 #include <thread>
 
 #include <spdlog/spdlog.h>
 
 #include "server/api_error.h"
+#include "server/auth.h"
 #include "server/peer_watch.h"
 #include "server/request_parser.h"
+#include "server/structured_output.h"
 
 namespace cpuchat::server {
 
@@ -37,12 +40,10 @@ void send_json(httplib::Response& res, int status, const json& body) {
   res.set_content(dump_json(body), kJson);
 }
 
-// Constant-time comparison, so response timing does not reveal how much of a key matched.
-bool same_secret(const std::string& given, const std::string& key) {
-  if (given.size() != key.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < key.size(); ++i) diff |= static_cast<unsigned char>(given[i] ^ key[i]);
-  return diff == 0;
+bool is_known_method(const std::string& m) {
+  for (const char* known : {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+    if (m == known) return true;
+  return false;
 }
 
 json model_card(const std::string& id, const ModelInfo& info, const SchedulerStats& st) {
@@ -100,25 +101,18 @@ struct ApiServer::PreparedGeneration {
 };
 
 ApiServer::ApiServer(ApiServerConfig cfg)
-    : cfg_(std::move(cfg)), static_files_(cfg_.assets, cfg_.asset_count) {
-  // Every queued or running request holds an httplib worker while it waits, so size the
-  // pool for all of them plus headroom: /health and /metrics must never starve.
-  const size_t workers = static_cast<size_t>(std::max(1, cfg_.expected_models)) *
-                             static_cast<size_t>(cfg_.parallel + cfg_.max_queue) + 16;
-  http_.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
+    : cfg_(std::move(cfg)), http_(cfg_.connections), static_files_(cfg_.assets, cfg_.asset_count) {
+  // Every connection has its own thread (HttpConnectionServer), so queued or running
+  // requests never starve /health and /metrics; the connection cap bounds them all.
   http_.set_payload_max_length(cfg_.max_body_bytes);
-  http_.set_tcp_nodelay(true);  // SSE events are small: send each one now
   register_routes();
 }
 
 ApiServer::~ApiServer() = default;
 
-int ApiServer::bind(const std::string& host, int port) {
-  if (port == 0) return http_.bind_to_any_port(host);
-  return http_.bind_to_port(host, port) ? port : -1;
-}
+int ApiServer::bind(const std::string& host, int port) { return http_.bind_exclusive(host, port, &bind_error_); }
 
-bool ApiServer::listen() { return http_.listen_after_bind(); }
+bool ApiServer::listen() { return http_.serve(); }
 
 void ApiServer::set_models(std::vector<std::unique_ptr<ServedModel>> models) {
   for (auto& m : models) {
@@ -172,7 +166,7 @@ bool ApiServer::wait_idle(int timeout_ms) {
   return true;
 }
 
-void ApiServer::stop() { http_.stop(); }
+void ApiServer::stop() { http_.stop_serving(); }
 
 std::string ApiServer::route_name(const std::string& path) const {
   for (const Route& r : kRoutes)
@@ -193,7 +187,14 @@ std::string ApiServer::allowed_methods(const std::string& path) const {
 
 void ApiServer::register_routes() {
   http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    return pre_route(req, res);
+    const auto handled = pre_route(req, res);
+    // Answered before an announced body was read: the connection cannot go on (its next
+    // bytes are that body), so it closes after this response.
+    if (handled == httplib::Server::HandlerResponse::Handled &&
+        ((req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0") ||
+         req.has_header("Transfer-Encoding")))
+      res.set_header("Connection", "close");
+    return handled;
   });
 
   http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
@@ -267,8 +268,17 @@ void ApiServer::register_routes() {
   http_.Delete(".*", unrouted);
 
   // Errors httplib produces itself (413 body too large, 400 bad request line) get our JSON shape.
-  http_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+  http_.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;  // already one of ours
+    // httplib's own errors (bad request line or headers, body too large) leave the rest of
+    // the connection unparsable: end it after this answer.
+    res.set_header("Connection", "close");
+    if (res.status == 400 && !req.method.empty() && !is_known_method(req.method)) {
+      // httplib refuses a request line with a method it does not know; that is a 405.
+      res.status = 405;
+      res.set_header("Allow", "GET, POST, OPTIONS");
+      return send_error(res, ApiError(405, "method " + req.method + " not allowed (use GET or POST)", "method_not_allowed"));
+    }
     if (res.status == 413)
       return send_error(res, ApiError(413, "request body too large", "request_too_large"));
     send_error(res, ApiError(res.status, res.status == 400 ? "malformed HTTP request" : "HTTP error " + std::to_string(res.status)));
@@ -289,6 +299,7 @@ void ApiServer::register_routes() {
   // its answer also finds it counted in /metrics.
   http_.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     metrics_.count_request(route_name(req.path), res.status);
+    serve_http10_stream_unchunked(req, res);
   });
   http_.set_logger([](const httplib::Request& req, const httplib::Response& res) {
     spdlog::debug("{} {} -> {}", req.method, req.path, res.status);
@@ -315,20 +326,42 @@ httplib::Server::HandlerResponse ApiServer::pre_route(const httplib::Request& re
     }
     return HR::Handled;
   }
+  // Only GET and POST are served (HEAD and OPTIONS aside): refuse others before any body is read.
+  if (req.method != "GET" && req.method != "POST" && req.method != "HEAD") {
+    handle_unrouted(req, res);
+    return HR::Handled;
+  }
+  // Without Content-Length or chunked encoding httplib would read the body until the client
+  // closes; HTTP says there is no body then, and we need one: 411, at once.
+  if (req.method == "POST" && !req.has_header("Content-Length") &&
+      req.get_header_value("Transfer-Encoding").find("chunked") == std::string::npos) {
+    send_error(res, ApiError(411, "a POST needs a Content-Length header (or chunked transfer encoding)", "length_required"));
+    return HR::Handled;
+  }
   // The key guards the API and the metrics; /health and the page stay open.
   if (!cfg_.api_key.empty() && (starts_with(req.path, "/v1/") || req.path == "/metrics")) {
-    const std::string auth = req.get_header_value("Authorization");
-    const std::string bearer = "Bearer ";
-    if (!starts_with(auth, bearer)) {
+    const std::optional<std::string> token = bearer_token(req.get_header_value("Authorization"));
+    if (!token) {
       send_error(res, ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key"));
       return HR::Handled;
     }
-    if (!same_secret(auth.substr(bearer.size()), cfg_.api_key)) {
+    if (!same_secret(*token, cfg_.api_key)) {
       send_error(res, ApiError(401, "incorrect API key", "invalid_api_key"));
       return HR::Handled;
     }
   }
   return HR::Unhandled;
+}
+
+void ApiServer::serve_http10_stream_unchunked(const httplib::Request& req, httplib::Response& res) {
+  // An HTTP/1.0 client cannot decode chunked encoding: send its stream raw, ended by the
+  // close (process_request closes HTTP/1.0 connections after the response).
+  if (req.version == "HTTP/1.0" && res.is_chunked_content_provider_) {
+    res.is_chunked_content_provider_ = false;
+    res.content_length_ = 0;
+    res.headers.erase("Transfer-Encoding");
+    res.set_header("Connection", "close");
+  }
 }
 
 void ApiServer::handle_get_fallback(const httplib::Request& req, httplib::Response& res) {
@@ -402,10 +435,10 @@ std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib:
   std::vector<int> prompt;
   const char* prompt_param = "messages";
   if (endpoint == Endpoint::Chat) {
-    ChatRequest r = parse_chat_request(body);
+    ChatRequest r = parse_chat_request(body, req.body);
+    g->entry = &resolve_model(r.params.model);
+    prompt = chat_prompt(*g->entry->model, r);  // with the tools, if any
     g->params = std::move(r.params);
-    g->entry = &resolve_model(g->params.model);
-    prompt = g->entry->model->encode_chat(r.messages);
   } else {
     TextCompletionRequest r = parse_completion_request(body);
     g->params = std::move(r.params);
@@ -438,6 +471,7 @@ std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib:
   gr.top_logprobs = g->params.top_logprobs;
   gr.ignore_eos = g->params.ignore_eos;
   gr.affinity_key = affinity_key(req, body);
+  gr.constraint = make_constraint(*g->entry->model, g->params.output, gr.max_tokens);  // tools, formats, logit_bias
   g->header = new_answer_header(endpoint, g->entry->id);
   g->peer = PeerWatch::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
   PeerWatch peer = g->peer;
@@ -502,6 +536,9 @@ void ApiServer::respond_blocking(PreparedGeneration& g, const httplib::Request&,
                       ? logprobs_json(g.endpoint, r.logprobs,
                                       [&](int id) { return g.entry->model->token_bytes(id); })
                       : json();
+  if (g.endpoint == Endpoint::Chat)  // content, or the tool calls in it
+    return send_json(res, 200, chat_answer_json(g.header, shape_answer(g.params.output, r.text, r.finish_reason), logprobs,
+                                                usage_json(r.metrics), answer_metrics(g, r.metrics)));
   send_json(res, 200,
             completion_json(g.header, r.text, r.finish_reason, logprobs, usage_json(r.metrics),
                             answer_metrics(g, r.metrics)));
@@ -541,12 +578,19 @@ void ApiServer::run_stream(PreparedGeneration& g, httplib::DataSink& sink) {
 
     std::string streamed;  // text sent so far
     auto token_bytes = [&](int id) { return g.entry->model->token_bytes(id); };
+    ChatStreamShaper shaper(g.header, g.params.output);  // chat: content or tool-call deltas
+    auto send_delta = [&](const std::string& text, const json& lp) {
+      if (g.endpoint != Endpoint::Chat) return send(sse_event(delta_chunk_json(g.header, text, lp)));
+      for (const json& chunk : shaper.push(text, lp))
+        if (!send(sse_event(chunk))) return false;
+      return true;
+    };
     GenerateResult r = run_generation(g, [&](const TokenEvent& ev) {
       if (!g.keep_going()) return false;
       if (ev.text.empty() && !ev.logprob) return true;  // text held back (partial character / stop string)
       json lp = ev.logprob ? logprobs_json(g.endpoint, {*ev.logprob}, token_bytes, streamed.size()) : json();
       streamed += ev.text;
-      return send(sse_event(delta_chunk_json(g.header, ev.text, lp)));
+      return send_delta(ev.text, lp);
     });
     if (write_failed) return;  // the client is gone: nobody to tell
     if (r.finish_reason == "cancelled") {
@@ -555,7 +599,9 @@ void ApiServer::run_stream(PreparedGeneration& g, httplib::DataSink& sink) {
     }
     // Whatever the engine held back and only released in the final text.
     if (r.text.size() > streamed.size() && r.text.compare(0, streamed.size(), streamed) == 0)
-      send(sse_event(delta_chunk_json(g.header, r.text.substr(streamed.size()), json())));
+      send_delta(r.text.substr(streamed.size()), json());
+    if (g.endpoint == Endpoint::Chat)
+      for (const json& chunk : shaper.finish(r.text, r.finish_reason)) send(sse_event(chunk));
     send(sse_event(finish_chunk_json(g.header, r.finish_reason, answer_metrics(g, r.metrics))));
     if (g.params.include_usage) send(sse_event(usage_chunk_json(g.header, usage_json(r.metrics))));
     send(kSseDone);

@@ -10,6 +10,7 @@
 #include <httplib.h>
 
 #include "server/api_error.h"
+#include "server/http_connections.h"
 #include "server/openai_api.h"
 #include "server/pricing.h"
 #include "server/prometheus.h"
@@ -29,6 +30,7 @@ struct ApiServerConfig {
   const WebAsset* assets = nullptr;
   size_t asset_count = 0;
   std::string instance_id;      // sent as X-Cpuchat-Instance on every response ("": none)
+  ConnectionLimits connections;  // open connections, request deadline, keep-alive
 };
 
 class ApiServer {
@@ -36,13 +38,15 @@ class ApiServer {
   explicit ApiServer(ApiServerConfig cfg);
   ~ApiServer();
 
-  // Binds; port 0 picks a free one. Returns the port, or -1.
+  // Binds exclusively (a port in use is an error, never shared); port 0 picks a free one.
+  // Returns the port, or -1 with bind_error() saying why.
   int bind(const std::string& host, int port);
   // Names this replica in X-Cpuchat-Instance (call before listen(); port 0 is known only after bind()).
   void set_instance_id(std::string id) { cfg_.instance_id = std::move(id); }
+  const std::string& bind_error() const { return bind_error_; }
   // Serves until stop() (blocks; run it on its own thread).
   bool listen();
-  bool listening() const { return http_.is_running(); }
+  bool listening() const { return http_.serving(); }
 
   // Attaches the loaded models (model id "<name>-<backend>") and starts serving them.
   void set_models(std::vector<std::unique_ptr<ServedModel>> models);
@@ -82,11 +86,13 @@ class ApiServer {
   ModelEntry& resolve_model(const std::string& requested);
   void handle_get_fallback(const httplib::Request& req, httplib::Response& res);
   void handle_unrouted(const httplib::Request& req, httplib::Response& res);
+  static void serve_http10_stream_unchunked(const httplib::Request& req, httplib::Response& res);
   std::string route_name(const std::string& path) const;
   std::string allowed_methods(const std::string& path) const;  // "" for unknown paths
 
   ApiServerConfig cfg_;
-  httplib::Server http_;
+  HttpConnectionServer http_;
+  std::string bind_error_;
   StaticFiles static_files_;
   ServerMetrics metrics_;
   std::vector<std::unique_ptr<ModelEntry>> models_;  // written once, before ready_

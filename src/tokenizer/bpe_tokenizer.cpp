@@ -132,7 +132,10 @@ class ByteBpeTokenizer final : public Tokenizer {
     eos_ids.erase(std::unique(eos_ids.begin(), eos_ids.end()), eos_ids.end());
     const bool has_llama3_headers =
         special_id("<|start_header_id|>") && special_id("<|end_header_id|>") && special_id("<|eot_id|>");
-    chat_format = has_llama3_headers ? ChatFormat::Llama3 : ChatFormat::Plain;
+    // Llama 3.1 names <|python_tag|> (tool calls); its template adds a dated system preamble.
+    chat_format = !has_llama3_headers ? ChatFormat::Plain
+                  : special_id("<|python_tag|>") ? ChatFormat::Llama31
+                                                 : ChatFormat::Llama3;
   }
 
  private:

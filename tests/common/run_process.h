@@ -16,7 +16,26 @@ struct ProcessResult {
   std::string out, err;
 };
 
-inline ProcessResult run_process(const std::vector<std::string>& argv, const std::string& stdin_text = "") {
+// Cross builds (CMAKE_CROSSCOMPILING_EMULATOR, e.g. "qemu-aarch64|-L|<sysroot>") start the
+// binaries they built through the emulator; host tools (python3, node, ...) run as they are.
+inline std::vector<std::string> with_emulator(std::vector<std::string> argv) {
+#if defined(CPUCHAT_TEST_EMULATOR) && defined(CPUCHAT_BINARY)
+  if (!argv.empty() && argv[0] == CPUCHAT_BINARY) {
+    std::vector<std::string> emulator;
+    std::string list = CPUCHAT_TEST_EMULATOR;
+    for (size_t begin = 0, end; begin <= list.size(); begin = end + 1) {
+      end = list.find('|', begin);
+      if (end == std::string::npos) end = list.size();
+      emulator.push_back(list.substr(begin, end - begin));
+    }
+    argv.insert(argv.begin(), emulator.begin(), emulator.end());
+  }
+#endif
+  return argv;
+}
+
+inline ProcessResult run_process(const std::vector<std::string>& command, const std::string& stdin_text = "") {
+  const std::vector<std::string> argv = with_emulator(command);
   int out_pipe[2], err_pipe[2], in_pipe[2];
   if (pipe(out_pipe) || pipe(err_pipe) || pipe(in_pipe)) return {};
   pid_t pid = fork();
@@ -28,7 +47,7 @@ inline ProcessResult run_process(const std::vector<std::string>& argv, const std
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
-    execv(args[0], args.data());
+    execvp(args[0], args.data());  // the emulator is found on PATH
     _exit(127);
   }
   close(out_pipe[1]);

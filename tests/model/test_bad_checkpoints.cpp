@@ -130,8 +130,8 @@ TEST_F(BadCheckpoint, UnsupportedDtype) {
   expect_clean_failure({"--model", d.string()}, "model.safetensors", "unsupported dtype I64");
 }
 
-// Rewrites one tensor entry of the HF copy's safetensors header (same header length, so
-// the data stays where it is): `edit` gets the header JSON.
+// Rewrites the HF copy's safetensors header (`edit` gets the header JSON); the tensor data
+// stays byte for byte, after the new header padded to 8 bytes as safetensors does.
 void rewrite_safetensors_header(const fs::path& file, const std::function<void(nlohmann::json&)>& edit) {
   std::ifstream in(file, std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), {});
@@ -140,10 +140,9 @@ void rewrite_safetensors_header(const fs::path& file, const std::function<void(n
   auto header = nlohmann::json::parse(bytes.substr(8, n));
   edit(header);
   std::string h = header.dump();
-  ASSERT_LE(h.size(), n);
-  h.append(n - h.size(), ' ');  // safetensors pads its header with spaces
-  bytes.replace(8, n, h);
-  std::ofstream(file, std::ios::binary) << bytes;
+  h.append((8 - h.size() % 8) % 8, ' ');
+  const uint64_t len = h.size();
+  std::ofstream(file, std::ios::binary) << std::string(reinterpret_cast<const char*>(&len), 8) << h << bytes.substr(8 + n);
 }
 
 // Item 8: two tensors on the same bytes loaded silently.
@@ -171,7 +170,7 @@ TEST_F(BadCheckpoint, SafetensorsMisalignedTensor) {
   auto d = hf_copy();
   rewrite_safetensors_header(d / "model.safetensors", [](nlohmann::json& h) {
     auto& t = h["model.norm.weight"];
-    t["data_offsets"] = {t["data_offsets"][0].get<uint64_t>() + 2, t["data_offsets"][1].get<uint64_t>() + 2};
+    t["data_offsets"] = {t["data_offsets"][0].get<uint64_t>() - 2, t["data_offsets"][1].get<uint64_t>() - 2};
   });
   expect_clean_failure({"--model", d.string()}, "model.safetensors", "not aligned to its 4-byte elements");
 }

@@ -16,8 +16,8 @@ export function loadOpenAI() {
   return mod.default ?? mod.OpenAI ?? mod;
 }
 
-export async function startServer(args = [], { readyTimeoutMs = 60000 } = {}) {
-  const proc = spawn(BINARY, ['serve', '--model', MODEL, '--port', '0', '--threads', '1', ...args], {
+export async function startServer(args = [], { readyTimeoutMs = 60000, model = MODEL } = {}) {
+  const proc = spawn(BINARY, ['serve', '--model', model, '--port', '0', '--threads', '1', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';

@@ -90,7 +90,7 @@ TEST(RequestParser, RejectsBadMessages) {
   expect_bad({{"messages", json::array()}}, "messages");
   expect_bad({{"messages", {42}}}, "messages[0]", "invalid_type");
   expect_bad({{"messages", {{{"role", "wizard"}, {"content", "x"}}}}}, "messages[0].role");
-  expect_bad({{"messages", {{{"role", "tool"}, {"content", "x"}}}}}, "messages[0].role");
+  expect_bad({{"messages", {{{"role", "tool"}, {"content", "x"}}}}}, "messages[0].tool_call_id", "missing_required_parameter");
   expect_bad({{"messages", {{{"content", "x"}}}}}, "messages[0].role");
   expect_bad({{"messages", {{{"role", "user"}, {"content", 5}}}}}, "messages[0].content", "invalid_type");
   expect_bad({{"messages", {{{"role", "user"}}}}}, "messages[0].content");
@@ -146,6 +146,17 @@ TEST(RequestParser, JsonBody) {
       EXPECT_EQ(e.code, "invalid_json");
     }
   }
+  // Issue 12: a NUL byte ended nlohmann's input, so trailing bytes after it were accepted.
+  for (const std::string bad : {std::string("{\"a\": 1}\0garbage", 16), std::string("{\"a\": 1}\0", 9),
+                                std::string("{\"a\": \"x\0y\"}", 12)}) {
+    try {
+      parse_json_object(bad);
+      FAIL() << "accepted a body with a NUL byte";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      EXPECT_EQ(e.code, "invalid_json");
+    }
+  }
 }
 
 TEST(RequestParser, TextCompletion) {
@@ -169,4 +180,89 @@ TEST(ApiErrorShape, HasAllFourFields) {
   EXPECT_TRUE(j["error"]["param"].is_null());
   EXPECT_TRUE(j["error"]["code"].is_null());
   EXPECT_TRUE(j["error"].contains("param"));
+}
+
+// ---- tools, tool_choice, response_format, grammar, logit_bias ----
+
+namespace {
+json weather_tool() {
+  return json::parse(R"({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+      "properties": {"city": {"type": "string"}}, "required": ["city"]}}})");
+}
+}  // namespace
+
+TEST(RequestParser, ToolsAndToolChoice) {
+  json body = chat({{"tools", {weather_tool()}}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}},
+                    {"parallel_tool_calls", false}});
+  // The raw text keeps the key order ("type" before "function"), which the prompt shows.
+  const std::string raw = R"({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "get_weather",
+      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+      "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "parallel_tool_calls": false})";
+  ChatRequest r = parse_chat_request(body, raw);
+  const OutputOptions& o = r.params.output;
+  ASSERT_EQ(o.tools.size(), 1u);
+  EXPECT_EQ(o.tools[0].name, "get_weather");
+  EXPECT_EQ(o.tools[0].parameters.begin().key(), "type");
+  EXPECT_EQ(o.tools_json.substr(0, 17), R"([{"type":"functio)");
+  EXPECT_EQ(o.tool_choice, ToolChoice::Function);
+  EXPECT_TRUE(o.forces_tool_call());
+  EXPECT_FALSE(o.parallel_tool_calls);
+
+  expect_bad(chat({{"tools", {weather_tool()}}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "other"}}}}}}), "tool_choice");
+  expect_bad(chat({{"tool_choice", "required"}}), "tool_choice");
+  expect_bad(chat({{"tools", {weather_tool()}}, {"tool_choice", "sometimes"}}), "tool_choice");
+  expect_bad(chat({{"tools", {weather_tool(), weather_tool()}}}), "tools[1].function.name");
+  expect_bad(chat({{"tools", {{{"type", "retrieval"}}}}}), "tools[0].type", "unsupported_value");
+  expect_bad(chat({{"tools", {{{"type", "function"}, {"function", {{"name", "has space"}}}}}}}), "tools[0].function.name");
+  expect_bad(chat({{"tools", {weather_tool()}}, {"n", 2}}), "n", "unsupported_value");
+}
+
+TEST(RequestParser, ToolMessages) {
+  json call = {{"id", "c1"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"city": "Oslo"})"}}}};
+  json body = {{"messages", {{{"role", "user"}, {"content", "hi"}},
+                             {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}},
+                             {{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "3C"}}}}};
+  ChatRequest r = parse_chat_request(body);
+  ASSERT_EQ(r.messages.size(), 3u);
+  ASSERT_EQ(r.messages[1].tool_calls.size(), 1u);
+  EXPECT_EQ(r.messages[1].tool_calls[0].name, "get_weather");
+  EXPECT_EQ(r.messages[1].tool_calls[0].arguments, R"({"city": "Oslo"})");
+  EXPECT_EQ(r.messages[2].role, "tool");
+  EXPECT_EQ(r.messages[2].tool_call_id, "c1");
+
+  json wrong_id = body;
+  wrong_id["messages"][2]["tool_call_id"] = "c2";
+  expect_bad(wrong_id, "messages[2].tool_call_id");
+  json orphan = {{"messages", {{{"role", "user"}, {"content", "hi"}}, {{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "x"}}}}};
+  expect_bad(orphan, "messages[1]");
+  json bad_args = body;
+  bad_args["messages"][1]["tool_calls"][0]["function"]["arguments"] = "[1]";
+  expect_bad(bad_args, "messages[1].tool_calls[0].function.arguments");
+  json user_calls = body;
+  user_calls["messages"][0]["tool_calls"] = {call};
+  expect_bad(user_calls, "messages[0].tool_calls");
+}
+
+TEST(RequestParser, ResponseFormatGrammarAndLogitBias) {
+  json extra = json::parse(R"({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+                               "logit_bias": {"15": -100, "7": 2.5}})");
+  ChatRequest r = parse_chat_request(chat(extra));
+  EXPECT_EQ(r.params.output.response_format, ResponseFormat::JsonSchema);
+  EXPECT_EQ(r.params.output.json_schema["type"], "object");
+  EXPECT_TRUE(r.params.output.constrained());
+  ASSERT_EQ(r.params.output.logit_bias.size(), 2u);
+  r = parse_chat_request(chat({{"grammar", "root ::= \"a\""}}));
+  EXPECT_EQ(r.params.output.grammar, "root ::= \"a\"");
+
+  expect_bad(chat({{"response_format", {{"type", "yaml"}}}}), "response_format.type");
+  expect_bad(chat({{"response_format", {{"type", "json_schema"}}}}), "response_format.json_schema", "invalid_type");
+  expect_bad(chat({{"response_format", {{"type", "json_schema"}, {"json_schema", {{"schema", json::object()}}}}}}), "response_format.json_schema.name");
+  expect_bad(chat({{"response_format", {{"type", "json_object"}}}, {"grammar", "root ::= \"a\""}}), "grammar");
+  expect_bad(chat({{"response_format", {{"type", "json_object"}}}, {"stop", "x"}}), "stop", "unsupported_value");
+  expect_bad(chat({{"grammar", "root ::= \"a\""}, {"ignore_eos", true}}), "ignore_eos", "unsupported_value");
+  expect_bad(chat({{"logit_bias", {{"5", 100.5}}}}), "logit_bias");
+  expect_bad(chat({{"logit_bias", {{"-3", 1}}}}), "logit_bias");
+  expect_bad(chat({{"logit_bias", {{"abc", 1}}}}), "logit_bias");
+  expect_bad(chat({{"logit_bias", {{"5", "high"}}}}), "logit_bias", "invalid_type");
+  expect_bad(chat({{"logit_bias", json::array()}}), "logit_bias", "invalid_type");
 }

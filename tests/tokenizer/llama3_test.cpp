@@ -83,7 +83,9 @@ TEST_P(Llama3Loader, Metadata) {
   EXPECT_EQ(tok().vocab_size(), 128256);
   EXPECT_EQ(tok().bos_id, 128000);
   EXPECT_EQ(tok().eos_ids, (std::vector<int>{128001, 128008, 128009}));
-  EXPECT_EQ(tok().chat_format, cpuchat::ChatFormat::Llama3);
+  // Meta's tokenizer.model loader names the 3.1 specials (<|python_tag|>): the 3.1 template.
+  // The tokenizer.json (and the GGUF made from it) use the 3.0 names: the Llama 3 template.
+  EXPECT_EQ(tok().chat_format, GetParam() == std::string("llama3-tiktoken") ? cpuchat::ChatFormat::Llama31 : cpuchat::ChatFormat::Llama3);
   EXPECT_FALSE(tok().strip_leading_space_on_decode);
   const json& specials = llama3_fixture()["chat"]["special_ids"];
   for (const auto& [name, id] : specials.items()) {
@@ -109,9 +111,13 @@ TEST_P(Llama3Loader, ChatPromptsMatchFixture) {
     std::vector<cpuchat::ChatMessage> messages;
     for (const json& m : conv["messages"]) messages.push_back({m["role"], m["content"]});
     EXPECT_EQ(cpuchat::render_chat(cpuchat::ChatFormat::Llama3, messages), conv["prompt"].get<std::string>());
-    EXPECT_EQ(cpuchat::encode_chat(tok(), messages), conv["ids"].get<std::vector<int>>());
     // The fixture ids are the rendered prompt encoded with special matching on.
     EXPECT_EQ(tok().encode(conv["prompt"].get<std::string>(), true), conv["ids"].get<std::vector<int>>());
+    if (tok().chat_format == cpuchat::ChatFormat::Llama3)
+      EXPECT_EQ(cpuchat::encode_chat(tok(), messages), conv["ids"].get<std::vector<int>>());
+    else  // the 3.1 template: the fixture's prompt plus the dated system preamble
+      EXPECT_EQ(cpuchat::encode_chat(tok(), messages),
+                tok().encode(cpuchat::render_chat(cpuchat::ChatFormat::Llama31, messages), true));
   }
 }
 

@@ -11,7 +11,7 @@ const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..
 // data: URL works whatever node decides about the .js extension.
 const load = (name) => import(`data:text/javascript;base64,${fs.readFileSync(path.join(webDir, name)).toString('base64')}`);
 
-const { renderMarkdown, escapeHtml } = await load('markdown.js');
+const { renderMarkdown, escapeHtml, renderToolCalls, toolCallsInText } = await load('markdown.js');
 const { fmtNum, fmtUsd, fmtSpeed, answerMetrics } = await load('format.js');
 const api = await load('api.js');
 
@@ -150,5 +150,39 @@ test('streamChat: an error event inside the stream, and a stream cut before [DON
   await withFetch(async () => { throw new TypeError('Failed to fetch'); }, async () => {
     await assert.rejects(async () => { for await (const _ of api.streamChat({})) { /* drain */ } },
       (e) => e.status === 0 && /Can't reach the server/.test(api.describeError(e).title));
+  });
+});
+
+test('tool calls render as a block: name and pretty-printed, escaped arguments', () => {
+  const html = renderToolCalls([{ name: 'get_weather', arguments: '{"city":"<Oslo>","days":2}' }]);
+  assert.match(html, /^<div class="tool-call">/);
+  assert.match(html, /<code>get_weather<\/code>/);
+  assert.ok(html.includes('{\n  &quot;city&quot;: &quot;&lt;Oslo&gt;&quot;,\n  &quot;days&quot;: 2\n}'), html);
+  // Still streaming: shown as it is.
+  assert.ok(renderToolCalls([{ name: 'f', arguments: '{"a": 1' }]).includes('{&quot;a&quot;: 1'));
+  assert.doesNotMatch(renderToolCalls([{ name: '<img src=x onerror=alert(1)>', arguments: '' }]), /<img/);
+});
+
+test('a Llama 3.1 call written as text is recognised', () => {
+  assert.deepEqual(toolCallsInText(' {"name": "f", "parameters": {"x": 1}}'), [{ name: 'f', arguments: '{"x":1}' }]);
+  assert.deepEqual(toolCallsInText('<|python_tag|>{"name": "g", "arguments": {}}'), [{ name: 'g', arguments: '{}' }]);
+  assert.equal(toolCallsInText('{"name": "f"}'), null);
+  assert.equal(toolCallsInText('Hello {"name": "f", "parameters": {}}'), null);
+  assert.equal(toolCallsInText('{"name": "f", "parameters": {'), null);
+});
+
+test('streamChat: tool-call deltas', async () => {
+  const body = chunk({ role: 'assistant', content: '' }) +
+    chunk({ tool_calls: [{ index: 0, id: 'call_1', type: 'function', function: { name: 'f', arguments: '' } }] }) +
+    chunk({ tool_calls: [{ index: 0, function: { arguments: '{"a":' } }] }) +
+    chunk({ tool_calls: [{ index: 0, function: { arguments: ' 1}' } }] }) + chunk({}, 'tool_calls') + 'data: [DONE]\n\n';
+  await withFetch(async () => new Response(streamOf([body]), { status: 200 }), async () => {
+    const evs = [];
+    for await (const e of api.streamChat({ messages: [] })) evs.push(e);
+    assert.deepEqual(evs, [
+      { type: 'tool_call', index: 0, id: 'call_1', name: 'f', arguments: '' },
+      { type: 'tool_call', index: 0, id: null, name: null, arguments: '{"a":' },
+      { type: 'tool_call', index: 0, id: null, name: null, arguments: ' 1}' },
+      { type: 'finish', reason: 'tool_calls', metrics: null }]);
   });
 });

@@ -47,6 +47,7 @@ void gemv(const Args& args) {
     const uint8_t* block = args.w + b * args.block_bytes;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (int64_t g = 0; g < args.groups; ++g) {
+      CPUCHAT_MCA_BEGIN("1x16_avx2", S, 1, 16, 1);
       const uint8_t* wg = block + group_weights_offset(kL, S, g);
       _mm_prefetch(reinterpret_cast<const char*>(wg + 2048), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(wg + 2048 + 64), _MM_HINT_T0);
@@ -63,6 +64,7 @@ void gemv(const Args& args) {
         acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), a_scale, acc0);
         acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), a_scale, acc1);
       }
+      CPUCHAT_MCA_END("1x16_avx2", S, 1, 16, 1);
     }
     if constexpr (S == Scheme::Q4C) {
       acc0 = _mm256_mul_ps(acc0, _mm256_load_ps(reinterpret_cast<const float*>(block)));

@@ -57,6 +57,7 @@ inline void gemv_blocks(const Args& args, const uint8_t* first, float* y, int64_
   for (int j = 0; j < NB; ++j) acc[j] = _mm512_setzero_ps();
   if constexpr (S == Scheme::Q4G32) {
     for (int64_t g = 0; g < args.groups; g += 2) {
+      CPUCHAT_MCA_BEGIN("1x16_avx512vnni", S, 1, 16, 2);
       const __m512 a_scale0 = _mm512_set1_ps(a_scales[g]), a_scale1 = _mm512_set1_ps(a_scales[g + 1]);
       for (int j = 0; j < NB; ++j) {
         const uint8_t* chunk = first + j * args.block_bytes + (g / 2) * kChunkBytes;
@@ -68,15 +69,18 @@ inline void gemv_blocks(const Args& args, const uint8_t* first, float* y, int64_
         acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_mul_ps(w0, a_scale0), acc[j]);
         acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_mul_ps(w1, a_scale1), acc[j]);
       }
+      CPUCHAT_MCA_END("1x16_avx512vnni", S, 1, 16, 1);
     }
   } else {
     for (int64_t g = 0; g < args.groups; ++g) {
+      CPUCHAT_MCA_BEGIN("1x16_avx512vnni", S, 1, 16, 1);
       const __m512 a_scale = _mm512_set1_ps(a_scales[g]);
       for (int j = 0; j < NB; ++j) {
         const uint8_t* wg = first + j * args.block_bytes + kRowScalesBytes + g * kGroupBytes;
         const __m512i d = group_dot(wg, a + g * kGroupSize, neg8[g]);
         acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), a_scale, acc[j]);
       }
+      CPUCHAT_MCA_END("1x16_avx512vnni", S, 1, 16, 1);
     }
     for (int j = 0; j < NB; ++j) acc[j] = _mm512_mul_ps(acc[j], _mm512_load_ps(first + j * args.block_bytes));
   }

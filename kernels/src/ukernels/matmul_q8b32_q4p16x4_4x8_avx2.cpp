@@ -22,6 +22,7 @@ inline void tile(const uint8_t* block, int half, int64_t groups, const int8_t* a
   __m256 acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
+    CPUCHAT_MCA_BEGIN("4x8_avx2", S, MR, 8, 1);
     const uint8_t* wg = block + group_weights_offset(kL, S, g) + 32 * half;
     const int8_t* ag = a + g * kGroupSize;
     __m256i s[MR];
@@ -46,6 +47,7 @@ inline void tile(const uint8_t* block, int half, int64_t groups, const int8_t* a
       if constexpr (S == Scheme::Q4G32) scale = _mm256_mul_ps(w_scale, scale);
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[i]);
     }
+    CPUCHAT_MCA_END("4x8_avx2", S, MR, 8, 1);
   }
   if constexpr (S == Scheme::Q4C) {
     const __m256 row_scales = _mm256_load_ps(reinterpret_cast<const float*>(block) + 8 * half);

@@ -34,6 +34,7 @@ inline void tile(const uint8_t* block, int64_t block_bytes, int64_t groups, cons
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
+    CPUCHAT_MCA_BEGIN("6x32_avx512vnni", S, MR, 16 * NB, 1);
     const uint8_t* wg = block + group_weights_offset(kL, S, g);
     __m512i dot[MR][NB];
     for (int i = 0; i < MR; ++i) {
@@ -72,6 +73,7 @@ inline void tile(const uint8_t* block, int64_t block_bytes, int64_t groups, cons
         for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][j]), a_scale, acc[i][j]);
       }
     }
+    CPUCHAT_MCA_END("6x32_avx512vnni", S, MR, 16 * NB, 1);
   }
   for (int j = 0; j < NB; ++j) {
     if constexpr (S == Scheme::Q4C) {

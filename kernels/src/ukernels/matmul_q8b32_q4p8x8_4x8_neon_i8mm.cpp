@@ -29,22 +29,36 @@ void tile(const Args& args, const uint8_t* block, int64_t m0, int rows, float* y
     s_row[i] = args.a_scales + m * args.a_groups_stride;
   }
   float32x4_t acc[MR][2];
+#pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = vdupq_n_f32(0.0f);
   for (int64_t g = 0; g < args.groups; ++g) {
+    CPUCHAT_MCA_BEGIN("4x8_neon_i8mm", S, MR, 8, 1);
     const uint8_t* wg = block + group_weights_offset(kL, S, g);
-    int8x16_t x[PAIRS][4];  // [row pair][k step of 8]
-    for (int P = 0; P < PAIRS; ++P)
-      for (int s = 0; s < 4; ++s)
-        x[P][s] = row_pair(a_row[2 * P] + g * kGroupSize + 8 * s, a_row[2 * P + 1] + g * kGroupSize + 8 * s);
+    // The accumulators start at kMagic's bits: each lane ends as the fp32 kMagic + dot
+    // (arm_common.h), one fsub instead of an scvtf.
     int32x4_t mm[PAIRS][4];
+#pragma GCC unroll 2
     for (int P = 0; P < PAIRS; ++P)
-      for (int p = 0; p < 4; ++p) mm[P][p] = vdupq_n_s32(0);
-    for (int j = 0; j < 8; ++j) {
-      const int8x16_t v = vld1q_s8(reinterpret_cast<const int8_t*>(wg + 16 * j));
-      const int8x16_t lo = low_nibbles(v), hi = high_nibbles(v);
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) mm[P][p] = magic_bits();
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {  // registers 4 half .. 4 half + 3: k 8 half .. (+16)
+      int8x16_t x_lo[PAIRS], x_hi[PAIRS];
+#pragma GCC unroll 2
       for (int P = 0; P < PAIRS; ++P) {
-        mm[P][j % 4] = vmmlaq_s32(mm[P][j % 4], x[P][j / 4], lo);
-        mm[P][j % 4] = vmmlaq_s32(mm[P][j % 4], x[P][2 + j / 4], hi);
+        const int64_t k = g * kGroupSize + 8 * half;
+        x_lo[P] = row_pair(a_row[2 * P] + k, a_row[2 * P + 1] + k);
+        x_hi[P] = row_pair(a_row[2 * P] + k + 16, a_row[2 * P + 1] + k + 16);
+      }
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const int8x16_t v = vld1q_s8(reinterpret_cast<const int8_t*>(wg + 16 * (4 * half + p)));
+        const int8x16_t lo = low_nibbles_x16(v), hi = high_nibbles_x16(v);
+#pragma GCC unroll 2
+        for (int P = 0; P < PAIRS; ++P) {
+          mm[P][p] = vmmlaq_s32(mm[P][p], x_lo[P], lo);
+          mm[P][p] = vmmlaq_s32(mm[P][p], x_hi[P], hi);
+        }
       }
     }
     float32x4_t w_lo = vdupq_n_f32(1.0f), w_hi = w_lo;
@@ -53,18 +67,22 @@ void tile(const Args& args, const uint8_t* block, int64_t m0, int rows, float* y
       w_lo = bf16x4_lo(raw);
       w_hi = bf16x4_hi(raw);
     }
+#pragma GCC unroll 2
     for (int P = 0; P < PAIRS; ++P) {
+#pragma GCC unroll 2
       for (int half = 0; half < 2; ++half) {  // columns 4*half .. 4*half+3
         const int64x2_t c0 = vreinterpretq_s64_s32(mm[P][2 * half]), c1 = vreinterpretq_s64_s32(mm[P][2 * half + 1]);
         const int32x4_t dots[2] = {vreinterpretq_s32_s64(vzip1q_s64(c0, c1)), vreinterpretq_s32_s64(vzip2q_s64(c0, c1))};
+#pragma GCC unroll 2
         for (int r = 0; r < 2; ++r) {
           const int i = 2 * P + r;
           float32x4_t s = vdupq_n_f32(s_row[i][g]);
           if constexpr (S == Scheme::Q4G32) s = vmulq_f32(half == 0 ? w_lo : w_hi, s);
-          acc[i][half] = vfmaq_f32(acc[i][half], vcvtq_f32_s32(dots[r]), s);
+          acc[i][half] = vfmaq_f32(acc[i][half], magic_dot_to_f32(dots[r]), s);
         }
       }
     }
+    CPUCHAT_MCA_END("4x8_neon_i8mm", S, MR, 8, 1);
   }
   for (int i = 0; i < rows; ++i) {
     if constexpr (S == Scheme::Q4C) {

@@ -35,6 +35,26 @@ struct Args {
 
 using Fn = void (*)(const Args&);
 
+// llvm-mca regions for kernels/tools/mca_ukernels.py: each micro-kernel marks the body of its
+// per-group loop. The markers are assembler comments, and only that tool defines
+// CPUCHAT_MCA_MARKERS: as volatile asm they would be scheduling barriers, so the build's
+// objects are compiled without them (the instruction mix is the same). The region is named
+// <kernel>_s<scheme>_m<tile rows>_n<tile columns>_g<32-K groups it covers> (scheme 1 = q4g32,
+// 2 = q4c).
+#if !defined(CPUCHAT_MCA_MARKERS)
+#define CPUCHAT_MCA_MARK_(what, kernel, scheme, rows, cols, groups) ((void)0)
+#elif defined(__aarch64__)
+#define CPUCHAT_MCA_MARK_(what, kernel, scheme, rows, cols, groups)                                        \
+  asm volatile("// LLVM-MCA-" what " " kernel "_s%c0_m%c1_n%c2_g%c3" ::"i"(static_cast<int>(scheme)), "i"(rows), \
+               "i"(cols), "i"(groups))
+#else
+#define CPUCHAT_MCA_MARK_(what, kernel, scheme, rows, cols, groups)                                       \
+  asm volatile("# LLVM-MCA-" what " " kernel "_s%c0_m%c1_n%c2_g%c3" ::"i"(static_cast<int>(scheme)), "i"(rows), \
+               "i"(cols), "i"(groups))
+#endif
+#define CPUCHAT_MCA_BEGIN(kernel, scheme, rows, cols, groups) CPUCHAT_MCA_MARK_("BEGIN", kernel, scheme, rows, cols, groups)
+#define CPUCHAT_MCA_END(kernel, scheme, rows, cols, groups) CPUCHAT_MCA_MARK_("END", kernel, scheme, rows, cols, groups)
+
 // Kernels for one layout. `gemv` runs m == 1, `gemm` any m (nullptr = not built here).
 struct KernelSet {
   const char* gemv_name;
