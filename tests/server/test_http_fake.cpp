@@ -340,6 +340,9 @@ TEST(HttpFake, FullQueueAnswers429WithRetryAfter) {
   expect_error_shape(r, 429, "rate_limit_exceeded");
   EXPECT_EQ(r->get_header_value("Retry-After"), "1");
   // /health and /metrics are not starved meanwhile; readiness says the replica is full
+  // (once the stream, whose first event precedes its admission, holds the slot)
+  for (int i = 0; i < 200 && h.metric("cpuchat_active_requests{model=\"fake-fp32\"}") != 1; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   auto health = h.get("/health");
   EXPECT_EQ(health->status, 503);
   EXPECT_EQ(json::parse(health->body)["status"], "overloaded");
