@@ -36,7 +36,7 @@ KVType parse_kv_type(const std::string& s);  // throws std::invalid_argument
 struct BatchOptions {
   int slots = 4;               // KV caches: sequences in flight (--parallel)
   int max_queue = 16;          // requests that may wait for a slot; more are refused (QueueFull)
-  double step_budget_ms = 400; // target time of one forward step: bounds the prefill chunk
+  double step_budget_ms = 300; // target time of one forward step: bounds the prefill chunk
                                // that rides along with running decodes (--step-budget-ms)
   int batch_tokens = 512;      // token rows per forward step at most (--batch-tokens)
 };

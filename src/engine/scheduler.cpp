@@ -479,7 +479,9 @@ void Scheduler::loop() {
     }
     // The cost model that sizes the next prefill chunk.
     const double step_ms = step_s * 1e3;
-    auto ema = [](double old, double now) { return old > 0 ? 0.7 * old + 0.3 * now : now; };
+    // Rising costs (a prompt's attention grows with its length) are taken at once, falling
+    // ones slowly, so a step overshoots its budget for at most one step.
+    auto ema = [](double old, double now) { return old > 0 && now < old ? 0.7 * old + 0.3 * now : now; };
     if (prefill_rows == 0) base_ms_ = ema(base_ms_, step_ms);
     else if (prefill_rows >= 4) ms_per_prefill_row_ = ema(ms_per_prefill_row_, std::max(0.001, (step_ms - (decode_rows ? base_ms_ : 0)) / prefill_rows));
 

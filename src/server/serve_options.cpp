@@ -61,7 +61,7 @@ const char* serve_usage() {
          "                          /v1/models) = 2 x layers x kv_heads x head_dim x 4 | 2 | 1 (+4 per head row for\n"
          "                          int8): Llama 3.1 8B 256 | 128 | 66 KiB, 3.2 1B 64 | 32 | 17 KiB\n"
          "  --step-budget-ms MS     target time of a forward step while others decode: sizes the prompt chunk\n"
-         "                          that rides along (chunked prefill) [400]\n"
+         "                          that rides along (chunked prefill) [300]\n"
          "  --batch-tokens N        token rows per forward step at most [512]\n"
          "  --max-queue N           requests waiting per model before 429 [16]\n"
          "  --max-connections N     open HTTP connections before new ones get 503 [512]\n"

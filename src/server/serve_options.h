@@ -23,7 +23,7 @@ struct ServeOptions {
   int parallel = 4;                // slots per engine: sequences batched into each step
   int max_queue = 16;              // waiting requests per engine before 429
   KVType kv_type = KVType::BF16;
-  double step_budget_ms = 400;     // prefill chunk sizing (see BatchOptions)
+  double step_budget_ms = 300;     // prefill chunk sizing (see BatchOptions)
   int batch_tokens = 512;
   size_t max_body_bytes = 4u << 20;
   int max_connections = 512;  // open HTTP connections; more get 503
