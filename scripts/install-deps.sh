@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs what cpuchat needs from Debian's packages (and, with --test, what its tests
-# need: curl, chromium, the npm packages in tests/node, and the aarch64 cross compiler and
-# qemu-user for scripts/test-aarch64.sh). Safe to run again.
+# need: curl, chromium, the npm packages in tests/node, the aarch64 cross compiler and
+# qemu-user for scripts/test-aarch64.sh, and nginx, prometheus and python3-yaml for the
+# fleet tests). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_pkgs=(build-essential cmake pkg-config libtorch-dev libcpp-httplib-dev nlohmann-json3-dev
             libsentencepiece-dev libspdlog-dev libgtest-dev libbenchmark-dev libssl-dev)
-# clang: the fuzz targets; libxxhash0: reference XXH64; the cross compiler and qemu: aarch64 tests
-test_pkgs=(curl chromium nodejs npm python3 clang-14 libclang-rt-14-dev libxxhash0 g++-aarch64-linux-gnu qemu-user)
+# clang: the fuzz targets; libxxhash0: reference XXH64; the cross compiler and qemu: aarch64
+# tests; nginx, prometheus, python3-yaml: the fleet tests (tests/fleet)
+test_pkgs=(curl chromium nodejs npm python3 clang-14 libclang-rt-14-dev libxxhash0 g++-aarch64-linux-gnu qemu-user
+           nginx prometheus python3-yaml)
 
 want=("${build_pkgs[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${test_pkgs[@]}")

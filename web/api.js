@@ -110,11 +110,13 @@ export async function* sseData(body, signal) {
 //   {type: 'usage', usage}                     the include_usage chunk
 // Throws ApiError for HTTP errors, in-stream errors and a stream cut before [DONE];
 // throws an AbortError when `signal` aborts.
-export async function* streamChat(params, { signal } = {}) {
+export async function* streamChat(params, { signal, sessionId } = {}) {
   const body = { ...params, stream: true, stream_options: { include_usage: true } };
+  const headers = { 'Content-Type': 'application/json', Accept: 'text/event-stream' };
+  if (sessionId) headers['X-Session-Id'] = sessionId; // the balancer's affinity key
   const res = await request('/v1/chat/completions', {
     method: 'POST',
-    headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
+    headers,
     body: JSON.stringify(body),
     signal,
   });

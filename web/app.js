@@ -40,7 +40,14 @@ const state = {
   instances: [],
   history: [], // [{role, content}] without the system prompt
   controller: null,
+  // Sent as X-Session-Id: a balancer hashes it so every turn reaches the replica that
+  // holds this conversation's KV cache (deploy/nginx/cpuchat.conf). New chat, new id.
+  sessionId: newSessionId(),
 };
+
+function newSessionId() {
+  return globalThis.crypto?.randomUUID?.() ?? `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+}
 
 const session = new SessionStats($('#session-panel'));
 
@@ -386,7 +393,7 @@ async function sendMessage(text) {
 
   let gotFinish = false;
   try {
-    for await (const ev of streamChat(params, { signal: controller.signal })) {
+    for await (const ev of streamChat(params, { signal: controller.signal, sessionId: state.sessionId })) {
       if (ev.type === 'delta') turn.append(ev.text);
       else if (ev.type === 'tool_call') turn.toolCall(ev);
       else if (ev.type === 'finish') {
@@ -429,6 +436,7 @@ function stopGeneration() {
 function newChat() {
   stopGeneration();
   state.history = [];
+  state.sessionId = newSessionId();
   for (const n of [...els.messages.children]) if (n !== els.empty) n.remove();
   els.empty.hidden = false;
   session.reset();

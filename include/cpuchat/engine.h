@@ -95,6 +95,9 @@ struct GenerateRequest {
   bool ignore_eos = false;
   int top_logprobs = -1;                // -1: no logprobs; 0..20: logprob of the chosen token + this many alternatives
   bool cache_prompt = true;             // reuse a prefix some slot's KV cache holds (false: run the whole prompt)
+  // A conversation id (X-Session-Id, prompt_cache_key or user): its turns keep their slot,
+  // and a free slot holding another key's conversation is only taken when no other is free.
+  std::string affinity_key;
   // Grammar / JSON Schema / tool-call constraint and logit_bias (src/engine/token_constraint.h); null: free.
   std::shared_ptr<TokenConstraint> constraint;
 };
@@ -149,7 +152,7 @@ struct ContextOverflow : std::runtime_error {
 struct QueueFull : std::runtime_error {
   QueueFull() : std::runtime_error("too many requests are waiting for a slot") {}
 };
-// Thrown by submit() after shutdown().
+// Thrown by submit() after shutdown() or drain().
 struct SchedulerStopped : std::runtime_error {
   SchedulerStopped() : std::runtime_error("the engine is shutting down") {}
 };
@@ -220,6 +223,8 @@ class Engine {
   SchedulerStats stats() const;
   // Cancels queued and running requests and refuses new ones.
   void shutdown();
+  // Refuses new requests (SchedulerStopped) but lets queued and running ones finish.
+  void drain();
 
   // Full-sequence forward in one pass: logits [ids.size() x vocab] (row-major fp32), with a
   // KV cache of its own of the engine's kv type (not a slot; safe beside the scheduler only

@@ -269,6 +269,7 @@ std::unique_ptr<Session> Engine::new_session() { return std::unique_ptr<Session>
 std::shared_ptr<Generation> Engine::submit(GenerateRequest req) { return impl_->scheduler->submit(std::move(req)); }
 SchedulerStats Engine::stats() const { return impl_->scheduler->stats(); }
 void Engine::shutdown() { impl_->scheduler->shutdown(); }
+void Engine::drain() { impl_->scheduler->drain(); }
 
 std::vector<float> Engine::logits(const std::vector<int>& ids) {
   const int vocab = impl_->info.vocab_size;

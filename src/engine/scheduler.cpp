@@ -245,6 +245,11 @@ void Scheduler::shutdown() {
   wake_.notify_all();
 }
 
+void Scheduler::drain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+}
+
 std::shared_ptr<Generation> Scheduler::submit(GenerateRequest req) {
   const auto& prompt = req.prompt_ids;
   if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
@@ -257,7 +262,7 @@ std::shared_ptr<Generation> Scheduler::submit(GenerateRequest req) {
   job->req = std::move(req);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stop_) throw SchedulerStopped();
+    if (stop_ || draining_) throw SchedulerStopped();
     int free_slots = 0;
     for (const Slot& s : slots_) free_slots += !s.job;
     // Requests already queued take the free slots first; only the rest must wait.
@@ -283,12 +288,20 @@ SchedulerStats Scheduler::stats() const {
   return s;
 }
 
-int Scheduler::choose_slot(const std::vector<SlotView>& slots, const std::vector<int>& prompt) {
+int Scheduler::choose_slot(const std::vector<SlotView>& slots, const std::vector<int>& prompt,
+                           const std::string& key) {
+  auto owned_by_other = [&](const SlotView& s) { return !key.empty() && s.key && !s.key->empty() && *s.key != key; };
+  if (!key.empty())
+    for (int i = 0; i < int(slots.size()); ++i)
+      if (!slots[size_t(i)].busy && slots[size_t(i)].key && *slots[size_t(i)].key == key) return i;
+  // Slots holding other conversations are considered only when no other slot is free.
+  bool any_unowned = false;
+  for (const SlotView& s : slots) any_unowned |= !s.busy && !owned_by_other(s);
   int best = -1, lru = -1;
   size_t best_len = 0;
   for (int i = 0; i < int(slots.size()); ++i) {
     const SlotView& s = slots[size_t(i)];
-    if (s.busy) continue;
+    if (s.busy || (any_unowned && owned_by_other(s))) continue;
     const size_t len = common_prefix_length(*s.cached, prompt);
     if (best < 0 || len > best_len || (len == best_len && s.last_used < slots[size_t(best)].last_used)) {
       best = i;
@@ -307,8 +320,8 @@ void Scheduler::admit_locked() {
   while (!queue_.empty()) {
     const std::vector<int>& prompt = queue_.front()->req.prompt_ids;
     std::vector<SlotView> views;
-    for (const Slot& s : slots_) views.push_back({s.job != nullptr, &s.cached, s.last_used});
-    const int s = choose_slot(views, prompt);
+    for (const Slot& s : slots_) views.push_back({s.job != nullptr, &s.cached, s.last_used, &s.key});
+    const int s = choose_slot(views, prompt, queue_.front()->req.affinity_key);
     if (s < 0) return;
     std::shared_ptr<Job> job = queue_.front();
     queue_.pop_front();
@@ -329,6 +342,7 @@ void Scheduler::admit_locked() {
     if (source >= 0 && common > own) model_.copy_prefix(source, s, int(common));
     slot.cached.assign(prompt.begin(), prompt.begin() + long(common));
     slot.job = job;
+    slot.key = job->req.affinity_key;
     slot.last_used = ++use_clock_;
 
     Job& j = *job;

@@ -10,6 +10,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -51,11 +52,22 @@ class Scheduler {
   std::shared_ptr<Generation> submit(GenerateRequest req);
   SchedulerStats stats() const;
   void shutdown();  // cancel everything, refuse new requests
+  // Graceful stop: refuse new requests (SchedulerStopped) but let the running and queued
+  // ones finish. shutdown() later still cancels whatever is left.
+  void drain();
 
-  // The slot choice (exposed for tests): among free slots, the longest common prefix with
-  // the prompt if it covers at least half the prompt; else the least recently used slot.
-  struct SlotView { bool busy; const std::vector<int>* cached; uint64_t last_used; };
-  static int choose_slot(const std::vector<SlotView>& slots, const std::vector<int>& prompt);
+  // The slot choice (exposed for tests): among free slots, the one that last served the
+  // request's affinity key; else the longest common prefix with the prompt if it covers at
+  // least half the prompt; else the least recently used slot. With a key, slots that hold
+  // another key's conversation come last in both rules.
+  struct SlotView {
+    bool busy;
+    const std::vector<int>* cached;
+    uint64_t last_used;
+    const std::string* key = nullptr;  // affinity key of the slot's last request
+  };
+  static int choose_slot(const std::vector<SlotView>& slots, const std::vector<int>& prompt,
+                         const std::string& key = {});
 
   struct Job;
 
@@ -63,6 +75,7 @@ class Scheduler {
   struct Slot {
     std::shared_ptr<Job> job;     // null: free
     std::vector<int> cached;      // tokens whose keys/values the slot's cache holds, in order
+    std::string key;              // affinity key of the last request ("" none)
     uint64_t last_used = 0;
   };
   void loop();
@@ -82,6 +95,7 @@ class Scheduler {
   uint64_t use_clock_ = 0;
   uint64_t admissions_ = 0;
   bool stop_ = false;
+  bool draining_ = false;  // submit() refuses; the loop runs on
 
   // Step cost model for chunked prefill (loop thread only): a step costs about
   // base_ms (one pass over the weights with the decode rows) + ms_per_prefill_row each.

@@ -26,6 +26,7 @@ class EngineModel final : public ServedModel {
   std::shared_ptr<Generation> submit(GenerateRequest req) override { return engine_->submit(std::move(req)); }
   SchedulerStats stats() const override { return engine_->stats(); }
   void shutdown() override { engine_->shutdown(); }
+  void drain() override { engine_->drain(); }
 
  private:
   std::unique_ptr<Engine> engine_;

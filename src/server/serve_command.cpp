@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <future>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -28,6 +29,8 @@ struct Lifecycle {
   std::mutex mu;
   std::condition_variable cv;
   bool loaded = false, load_failed = false, stop_requested = false;
+  bool forced = false;  // a second signal: stop draining, exit now
+  bool awaiting_second_signal = false;
   int signal = 0;
   std::string error;
 };
@@ -92,6 +95,7 @@ int serve_command(int argc, char** argv) {
   }
   const std::string url = "http://" + (opts.host.find(':') != std::string::npos ? "[" + opts.host + "]" : opts.host) +
                           ":" + std::to_string(port);
+  server.set_instance_id(opts.instance_id.empty() ? url.substr(strlen("http://")) : opts.instance_id);
   printf("listening on %s\n", url.c_str());
   fflush(stdout);
   spdlog::info("listening on {} (loading the model{}...)", url, opts.backends.size() > 1 ? "s" : "");
@@ -105,13 +109,23 @@ int serve_command(int argc, char** argv) {
   });
 
   Lifecycle life;
+  // First signal: drain. Second: stop draining. The thread then ends, so a third signal
+  // (still blocked) cannot hang anything.
   std::thread signal_thread([&] {
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    std::lock_guard<std::mutex> lock(life.mu);
-    life.stop_requested = true;
-    life.signal = sig;
-    life.cv.notify_all();
+    for (int n = 0; n < 2; ++n) {
+      int sig = 0;
+      sigwait(&stop_signals, &sig);
+      std::lock_guard<std::mutex> lock(life.mu);
+      if (n == 0) {
+        life.stop_requested = true;
+        life.signal = sig;
+      } else {
+        life.forced = true;
+      }
+      life.awaiting_second_signal = n == 0 && life.loaded;  // still loading: one signal is enough
+      life.cv.notify_all();
+      if (!life.awaiting_second_signal) break;
+    }
   });
 
   // Load in the background so /health answers "loading" meanwhile and a signal during a
@@ -166,10 +180,37 @@ int serve_command(int argc, char** argv) {
   const bool still_loading = !life.loaded;
   lock.unlock();
 
-  spdlog::info("{} received: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  const char* sig_name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+  if (!still_loading && opts.drain_timeout_s > 0) {
+    // Graceful drain: /health is 503 from now on, so balancers route away, while what runs finishes.
+    spdlog::info("{} received: draining (up to {}s; a second signal exits at once)", sig_name, opts.drain_timeout_s);
+    server.begin_drain();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(opts.drain_timeout_s);
+    lock.lock();
+    while (!life.forced && !server.idle() && std::chrono::steady_clock::now() < deadline)
+      life.cv.wait_for(lock, std::chrono::milliseconds(20));
+    const bool forced = life.forced;
+    lock.unlock();
+    if (forced) {
+      spdlog::warn("second signal: exiting without waiting for {} generation(s)", server.active_generations());
+      server.begin_shutdown();  // open streams get an error event, if they can take it at once
+      server.wait_idle(200);
+      spdlog::default_logger()->flush();
+      _exit(1);
+    }
+    if (server.idle()) spdlog::info("drained");
+    else spdlog::warn("drain timeout: cancelling {} generation(s)", server.active_generations());
+  } else {
+    spdlog::info("{} received: shutting down", sig_name);
+  }
   server.begin_shutdown();
   if (!server.wait_idle(5000)) spdlog::warn("some streams did not finish in time");
   server.stop();
+  // The signal thread may still wait for a second signal: send it one (it is blocked everywhere).
+  {
+    std::lock_guard<std::mutex> guard(life.mu);
+    if (life.awaiting_second_signal) pthread_kill(signal_thread.native_handle(), SIGTERM);
+  }
   signal_thread.join();
   // httplib joins its workers, and one idling on a keep-alive connection only notices after
   // its timeout (5 s). Every answer has been sent by now, so do not wait for idle sockets.

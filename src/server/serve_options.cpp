@@ -70,6 +70,10 @@ const char* serve_usage() {
          "  --price-per-hour USD    override the instance price\n"
          "  --api-key KEY           require 'Authorization: Bearer KEY' on /v1/* and /metrics\n"
          "  --cors-origin ORIGIN    send Access-Control-Allow-Origin: ORIGIN (\"*\" for any)\n"
+         "  --drain-timeout S       on SIGTERM/SIGINT: refuse new work (/health 503) and let running\n"
+         "                          generations finish for up to S seconds, then exit 0; a second signal\n"
+         "                          exits at once [30]\n"
+         "  --instance-id ID        sent as X-Cpuchat-Instance on every response [host:port]\n"
          "  --help                  this text\n";
 }
 
@@ -133,6 +137,13 @@ ServeOptions parse_serve_args(int argc, char** argv) {
     else if (flag == "--price-per-hour") price = parse_double(flag, next(), 0, 1e6);
     else if (flag == "--api-key") o.api_key = next();
     else if (flag == "--cors-origin") o.cors_origin = next();
+    else if (flag == "--drain-timeout") o.drain_timeout_s = static_cast<int>(parse_int(flag, next(), 0, 86400));
+    else if (flag == "--instance-id") {
+      o.instance_id = next();
+      if (o.instance_id.empty()) throw UsageError("--instance-id must not be empty");
+      for (unsigned char c : o.instance_id)  // it goes into an HTTP header
+        if (c < 0x21 || c > 0x7e) throw UsageError("--instance-id: only printable ASCII without spaces");
+    }
     else throw UsageError("unknown flag '" + std::string(argv[i]) + "' (see cpuchat serve --help)");
   }
   if (o.help) return o;

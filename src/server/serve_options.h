@@ -30,6 +30,8 @@ struct ServeOptions {
   Pricing pricing;                 // --instance / --price-per-hour
   std::string api_key;             // "": no auth
   std::string cors_origin;         // "": no CORS headers
+  int drain_timeout_s = 30;        // SIGTERM: how long running generations may finish
+  std::string instance_id;         // X-Cpuchat-Instance; "": host:port
   bool help = false;
 };
 

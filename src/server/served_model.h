@@ -27,6 +27,7 @@ class ServedModel {
   virtual std::shared_ptr<Generation> submit(GenerateRequest req) = 0;
   virtual SchedulerStats stats() const = 0;
   virtual void shutdown() = 0;  // cancel running generations, refuse new ones
+  virtual void drain() = 0;     // refuse new ones, let queued and running ones finish
   // The tokenizer, for tool prompts and constrained decoding; null when there is none
   // (a scripted test model), and then those features answer 400.
   virtual const Tokenizer* tokenizer() const { return nullptr; }

@@ -29,6 +29,7 @@ const Route kRoutes[] = {
     {"/v1/models", "GET", "models"},
     {"/v1/instances", "GET", "instances"},
     {"/health", "GET", "health"},
+    {"/health/live", "GET", "health_live"},
     {"/metrics", "GET", "metrics"},
 };
 
@@ -133,15 +134,32 @@ std::vector<std::string> ApiServer::model_ids() const {
   return ids;
 }
 
+void ApiServer::begin_drain() {
+  shutting_down_.store(true);
+  if (ready_)
+    for (auto& e : models_) e->model->drain();
+}
+
 void ApiServer::begin_shutdown() {
   shutting_down_.store(true);
+  cancelling_.store(true);
   if (ready_)
     for (auto& e : models_) e->model->shutdown();
 }
 
+bool ApiServer::idle() const {
+  if (active_generations_.load() > 0 || metrics_.active_streams() > 0) return false;
+  if (ready_)  // also a request between its submit() and its wait()
+    for (const auto& e : models_) {
+      const SchedulerStats st = e->model->stats();
+      if (st.busy_slots > 0 || st.queued > 0) return false;
+    }
+  return true;
+}
+
 bool ApiServer::wait_idle(int timeout_ms) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (active_generations_.load() > 0 || metrics_.active_streams() > 0) {
+  while (!idle()) {
     if (std::chrono::steady_clock::now() > deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -211,10 +229,21 @@ void ApiServer::register_routes() {
                          {"instances", list}});
   });
 
+  // Readiness (for balancers and Kubernetes readinessProbe): 503 while loading, draining,
+  // or while a model's queue is full (a new request would get 429).
   http_.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     if (shutting_down_) return send_json(res, 503, {{"status", "shutting_down"}});
     if (!ready_) return send_json(res, 503, {{"status", "loading"}});
+    for (const auto& e : models_) {
+      const SchedulerStats st = e->model->stats();
+      if (st.busy_slots >= st.slots && st.queued >= e->model->info().max_queue)
+        return send_json(res, 503, {{"status", "overloaded"}, {"queued", st.queued}});
+    }
     send_json(res, 200, {{"status", "ok"}});
+  });
+  // Liveness (Kubernetes livenessProbe): the process answers HTTP, whatever it is doing.
+  http_.Get("/health/live", [](const httplib::Request&, httplib::Response& res) {
+    send_json(res, 200, {{"status", "alive"}});
   });
 
   http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
@@ -279,10 +308,12 @@ void ApiServer::register_routes() {
 
 httplib::Server::HandlerResponse ApiServer::pre_route(const httplib::Request& req, httplib::Response& res) {
   using HR = httplib::Server::HandlerResponse;
+  // Which replica answered: lets a client (and the fleet test) see the balancer's choice.
+  if (!cfg_.instance_id.empty()) res.set_header("X-Cpuchat-Instance", cfg_.instance_id);
   if (!cfg_.cors_origin.empty()) {
     res.set_header("Access-Control-Allow-Origin", cfg_.cors_origin);
     if (cfg_.cors_origin != "*") res.set_header("Vary", "Origin");
-    res.set_header("Access-Control-Expose-Headers", "Retry-After");
+    res.set_header("Access-Control-Expose-Headers", "Retry-After, X-Cpuchat-Instance");
   }
   if (req.method == "OPTIONS") {  // CORS preflight (or a plain OPTIONS): no auth, no body
     std::string allowed = allowed_methods(req.path);
@@ -290,7 +321,7 @@ httplib::Server::HandlerResponse ApiServer::pre_route(const httplib::Request& re
     res.set_header("Allow", allowed.empty() ? "OPTIONS" : allowed + ", OPTIONS");
     if (!cfg_.cors_origin.empty()) {
       res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
-      res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+      res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Session-Id");
       res.set_header("Access-Control-Max-Age", "600");
     }
     return HR::Handled;
@@ -370,6 +401,27 @@ ApiServer::ModelEntry& ApiServer::resolve_model(const std::string& requested) {
                  "model_not_found", "model");
 }
 
+// The conversation's id, so its turns keep their slot: the X-Session-Id header (what a
+// balancer hashes, docs/DEPLOY.md), else the body's prompt_cache_key, else user.
+static std::string affinity_key(const httplib::Request& req, const json& body) {
+  constexpr size_t kMaxKey = 256;
+  std::string key = req.get_header_value("X-Session-Id");
+  const char* param = "X-Session-Id";
+  for (const char* field : {"prompt_cache_key", "user"}) {
+    if (!key.empty()) break;
+    auto it = body.find(field);
+    if (it == body.end() || it->is_null()) continue;
+    if (!it->is_string())
+      throw ApiError(400, std::string("'") + field + "' must be a string", "invalid_type", field);
+    key = it->get<std::string>();
+    param = field;
+  }
+  if (key.size() > kMaxKey)
+    throw ApiError(400, std::string(param) + " is longer than " + std::to_string(kMaxKey) + " bytes",
+                   "invalid_value", param);
+  return key;
+}
+
 std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib::Request& req,
                                                                   Endpoint endpoint) {
   if (shutting_down_) throw ApiError(503, "the server is shutting down", "server_shutting_down");
@@ -418,11 +470,12 @@ std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib:
   gr.stop = g->params.stop;
   gr.top_logprobs = g->params.top_logprobs;
   gr.ignore_eos = g->params.ignore_eos;
+  gr.affinity_key = affinity_key(req, body);
   gr.constraint = make_constraint(*g->entry->model, g->params.output, gr.max_tokens);  // tools, formats, logit_bias
   g->header = new_answer_header(endpoint, g->entry->id);
   g->peer = PeerWatch::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
   PeerWatch peer = g->peer;
-  g->keep_going = [this, peer] { return !shutting_down_.load() && !peer.closed(); };
+  g->keep_going = [this, peer] { return !cancelling_.load() && !peer.closed(); };
 
   try {
     g->generation = g->entry->model->submit(g->request);
@@ -476,7 +529,7 @@ json ApiServer::answer_metrics(const PreparedGeneration& g, const Metrics& m) co
 void ApiServer::respond_blocking(PreparedGeneration& g, const httplib::Request&, httplib::Response& res) {
   GenerateResult r = run_generation(g, {});
   if (r.finish_reason == "cancelled") {
-    if (shutting_down_) throw ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down");
+    if (cancelling_) throw ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down");
     throw ApiError(499, "client closed the connection", "client_closed");
   }
   json logprobs = g.request.top_logprobs >= 0
@@ -541,7 +594,7 @@ void ApiServer::run_stream(PreparedGeneration& g, httplib::DataSink& sink) {
     });
     if (write_failed) return;  // the client is gone: nobody to tell
     if (r.finish_reason == "cancelled") {
-      if (shutting_down_) send_error_event(ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down"));
+      if (cancelling_) send_error_event(ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down"));
       return;
     }
     // Whatever the engine held back and only released in the final text.

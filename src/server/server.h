@@ -29,6 +29,7 @@ struct ApiServerConfig {
   std::string cors_origin;
   const WebAsset* assets = nullptr;
   size_t asset_count = 0;
+  std::string instance_id;      // sent as X-Cpuchat-Instance on every response ("": none)
   ConnectionLimits connections;  // open connections, request deadline, keep-alive
 };
 
@@ -40,6 +41,8 @@ class ApiServer {
   // Binds exclusively (a port in use is an error, never shared); port 0 picks a free one.
   // Returns the port, or -1 with bind_error() saying why.
   int bind(const std::string& host, int port);
+  // Names this replica in X-Cpuchat-Instance (call before listen(); port 0 is known only after bind()).
+  void set_instance_id(std::string id) { cfg_.instance_id = std::move(id); }
   const std::string& bind_error() const { return bind_error_; }
   // Serves until stop() (blocks; run it on its own thread).
   bool listen();
@@ -50,9 +53,14 @@ class ApiServer {
   bool ready() const { return ready_.load(); }
   std::vector<std::string> model_ids() const;
 
+  // Graceful drain: /health turns 503 "shutting_down" and new generations get 503
+  // server_shutting_down, while queued and running ones (streams too) run to their end.
+  void begin_drain();
   // Shutdown, in order: refuse new work and cancel generations (open streams get an
   // error event and [DONE]); wait (bounded) until they have finished; stop listening.
+  // After a drain it cancels only what outlived the drain timeout.
   void begin_shutdown();
+  bool idle() const;  // no generation queued, running or streaming
   bool wait_idle(int timeout_ms);
   void stop();
 
@@ -89,7 +97,8 @@ class ApiServer {
   ServerMetrics metrics_;
   std::vector<std::unique_ptr<ModelEntry>> models_;  // written once, before ready_
   std::atomic<bool> ready_{false};
-  std::atomic<bool> shutting_down_{false};
+  std::atomic<bool> shutting_down_{false};  // draining or stopping: refuse new work
+  std::atomic<bool> cancelling_{false};      // stopping: cut what still runs
   std::atomic<int> active_generations_{0};
 };
 

@@ -1,7 +1,7 @@
 // The engine scheduler over a scripted step model (tests/common/scripted_model.h): slot
 // choice, the bounded FIFO queue, batching of concurrent requests into shared steps,
 // chunked prefill that never starves a decoding stream, prefix copies between slots,
-// cancellation and shutdown, and the billing of shared steps.
+// cancellation, drain and shutdown, and the billing of shared steps.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -48,6 +48,25 @@ TEST(Scheduler, SlotChoiceByLongestPrefixWhenItCoversHalfThePrompt) {
   EXPECT_EQ(Scheduler::choose_slot(slots, {1, 10, 11, 12, 13, 14, 15, 16}), 2);
   slots[0].busy = slots[2].busy = true;
   EXPECT_EQ(Scheduler::choose_slot(slots, {1}), -1);
+}
+
+TEST(Scheduler, SlotChoiceKeepsEachAffinityKeysSlot) {
+  // Two conversations that share a long template prefix; slot 0 last served "alice".
+  std::vector<int> alice = {1, 5, 5, 5, 5, 5, 10, 11};
+  std::vector<int> empty;
+  const std::string k_alice = "alice", k_bob = "bob", none;
+  std::vector<Scheduler::SlotView> slots = {{false, &alice, 3, &k_alice}, {false, &empty, 1, &none}};
+  const std::vector<int> bob_turn1 = {1, 5, 5, 5, 5, 5, 20};
+  // Without keys the shared prefix wins: bob would evict alice's conversation...
+  EXPECT_EQ(Scheduler::choose_slot(slots, bob_turn1), 0);
+  // ...with keys bob takes the free slot (the prefix is copied over) and alice keeps hers.
+  EXPECT_EQ(Scheduler::choose_slot(slots, bob_turn1, k_bob), 1);
+  EXPECT_EQ(Scheduler::choose_slot(slots, {1, 5, 5, 5, 5, 5, 10, 11, 12}, k_alice), 0);
+  // Alice's slot is hers even when her prompt no longer shares much with it (edited history).
+  EXPECT_EQ(Scheduler::choose_slot(slots, {1, 7}, k_alice), 0);
+  // Only other conversations' slots free: the least recently used of them is taken.
+  slots[1].busy = true;
+  EXPECT_EQ(Scheduler::choose_slot(slots, bob_turn1, k_bob), 0);
 }
 
 TEST(Scheduler, TellsTheStoryAndStopsAtEos) {
@@ -194,6 +213,27 @@ TEST(Scheduler, ShutdownCancelsEverythingAndRefusesNewWork) {
   EXPECT_EQ(a->wait().finish_reason, "cancelled");
   EXPECT_EQ(b->wait().finish_reason, "cancelled");
   EXPECT_THROW(sched.submit(request("c: ")), SchedulerStopped);
+}
+
+TEST(Scheduler, DrainRefusesNewWorkButFinishesRunningAndQueued) {
+  ScriptedStepModel model(1, 256, 2);
+  ByteTokenizer tok;
+  Scheduler sched(model, &tok, batch(1, 4));
+  auto a = sched.submit(request("a: "));
+  auto b = sched.submit(request("b: ", 4));  // queued behind a
+  while (sched.stats().busy_slots == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  sched.drain();
+  EXPECT_THROW(sched.submit(request("c: ")), SchedulerStopped);
+  GenerateResult ra = a->wait();
+  GenerateResult rb = b->wait();
+  EXPECT_EQ(ra.text, kStory);  // the whole answer, not cut
+  EXPECT_EQ(ra.finish_reason, "stop");
+  EXPECT_EQ(rb.text, "Once");
+  EXPECT_EQ(rb.finish_reason, "length");
+  EXPECT_EQ(sched.stats().busy_slots, 0);
+  // shutdown() after a drain still cancels what is left.
+  sched.shutdown();
+  EXPECT_THROW(sched.submit(request("d: ")), SchedulerStopped);
 }
 
 TEST(Scheduler, FollowUpTurnReusesItsSlotAndASharedPrefixIsCopied) {

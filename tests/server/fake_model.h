@@ -58,6 +58,7 @@ class FakeModel final : public ServedModel {
   std::shared_ptr<Generation> submit(GenerateRequest req) override { return scheduler_->submit(std::move(req)); }
   SchedulerStats stats() const override { return scheduler_->stats(); }
   void shutdown() override { scheduler_->shutdown(); }
+  void drain() override { scheduler_->drain(); }
   const cpuchat::testing::ScriptedStepModel& step_model() const { return step_model_; }
 
  private:

@@ -217,6 +217,11 @@ TEST(ServeOptions, ParsesFlags) {
   EXPECT_EQ(d.host, "127.0.0.1");  // local only unless told otherwise
   EXPECT_EQ(d.port, 8080);
   EXPECT_EQ(d.pricing.instance, "r8g.4xlarge");
+  EXPECT_EQ(d.drain_timeout_s, 30);
+  EXPECT_EQ(d.instance_id, "");  // serve then names itself host:port
+  ServeOptions f = parse({"--model", "m", "--drain-timeout", "0", "--instance-id=pod-3"});
+  EXPECT_EQ(f.drain_timeout_s, 0);
+  EXPECT_EQ(f.instance_id, "pod-3");
   EXPECT_TRUE(parse({"--help"}).help);
 }
 
@@ -231,6 +236,11 @@ TEST(ServeOptions, RejectsBadFlags) {
            {"--model", "m", "--parallel", "0"},
            {"--model", "m", "--price-per-hour", "-1"},
            {"--model", "m", "--wat"},
+           {"--model", "m", "--drain-timeout", "-1"},
+           {"--model", "m", "--drain-timeout", "soon"},
+           {"--model", "m", "--instance-id", ""},
+           {"--model", "m", "--instance-id", "two words"},
+           {"--model", "m", "--instance-id", "bad\r\nX-Injected: 1"},
            {"--model"}}) {
     EXPECT_THROW(parse(bad), UsageError);
   }

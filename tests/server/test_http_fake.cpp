@@ -1,5 +1,5 @@
 // The whole HTTP surface, in process, over real sockets, with a scripted model
-// (fake_model.h): streaming, errors, auth, CORS, queueing, disconnects, shutdown.
+// (fake_model.h): streaming, errors, auth, CORS, queueing, disconnects, drain, shutdown.
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -128,6 +128,8 @@ TEST(HttpFake, HealthModelsInstances) {
   auto health = h.get("/health");
   EXPECT_EQ(health->status, 200);
   EXPECT_EQ(json::parse(health->body)["status"], "ok");
+  EXPECT_EQ(h.get("/health/live")->status, 200);
+  EXPECT_EQ(health->get_header_value("X-Cpuchat-Instance"), "");  // none configured
   json models = json::parse(h.get("/v1/models")->body);
   ASSERT_EQ(models["data"].size(), 2u);
   EXPECT_EQ(models["data"][0]["id"], "fake-fp32");
@@ -337,10 +339,17 @@ TEST(HttpFake, FullQueueAnswers429WithRetryAfter) {
   auto r = h.post("/v1/chat/completions", chat_body("y").dump());
   expect_error_shape(r, 429, "rate_limit_exceeded");
   EXPECT_EQ(r->get_header_value("Retry-After"), "1");
-  // /health and /metrics are not starved meanwhile
-  EXPECT_EQ(h.get("/health")->status, 200);
+  // /health and /metrics are not starved meanwhile; readiness says the replica is full
+  // (once the stream, whose first event precedes its admission, holds the slot)
+  for (int i = 0; i < 200 && h.metric("cpuchat_active_requests{model=\"fake-fp32\"}") != 1; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  auto health = h.get("/health");
+  EXPECT_EQ(health->status, 503);
+  EXPECT_EQ(json::parse(health->body)["status"], "overloaded");
+  EXPECT_EQ(h.get("/health/live")->status, 200);
   EXPECT_EQ(h.metric("cpuchat_active_requests{model=\"fake-fp32\"}"), 1);
   busy.join();
+  EXPECT_EQ(h.get("/health")->status, 200);
   expect_serves(h);
 }
 
@@ -406,6 +415,44 @@ TEST(HttpFake, FollowUpTurnReusesItsSlotsCache) {
   EXPECT_EQ(a2["usage"]["prompt_tokens_details"]["cached_tokens"], prompt - processed);
 }
 
+TEST(HttpFake, AffinityKeysKeepConversationsWithASharedPrefixApart) {
+  ApiServerConfig cfg;
+  cfg.parallel = 2;
+  Harness h(cfg);
+  // Both conversations start with the same long system prompt, so without keys the second
+  // one's first turn would take (and overwrite) the first one's slot.
+  const std::string system(120, 's');
+  auto first_turn = [&](const std::string& who) {
+    return json{{"messages", {{{"role", "system"}, {"content", system}}, {{"role", "user"}, {"content", who}}}},
+                {"max_tokens", 10}, {"temperature", 0}};
+  };
+  auto next_turn = [](json turn, const json& answer) {
+    turn["messages"].push_back({{"role", "assistant"}, {"content", answer["choices"][0]["message"]["content"]}});
+    turn["messages"].push_back({{"role", "user"}, {"content", "And then?"}});
+    return turn;
+  };
+  json alice1 = first_turn("alice"), bob1 = first_turn("bob");
+  json bob1_body = bob1;
+  bob1_body["user"] = "bob";  // the body fields work like the header
+  json a1 = json::parse(h.post("/v1/chat/completions", alice1.dump(), {{"X-Session-Id", "alice"}})->body);
+  json b1 = json::parse(h.post("/v1/chat/completions", bob1_body.dump())->body);
+  EXPECT_GE(b1["usage"]["prompt_tokens_details"]["cached_tokens"], 120);  // the shared prefix, copied
+  json alice2 = next_turn(alice1, a1);
+  json a2 = json::parse(h.post("/v1/chat/completions", alice2.dump(), {{"X-Session-Id", "alice"}})->body);
+  // Alice's whole first turn (prompt and answer) was still in her slot.
+  EXPECT_GE(a2["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(),
+            a1["usage"]["prompt_tokens"].get<int>() + a1["usage"]["completion_tokens"].get<int>() - 1);
+  json bob2 = next_turn(bob1, b1);
+  bob2["prompt_cache_key"] = "bob";
+  json b2 = json::parse(h.post("/v1/chat/completions", bob2.dump())->body);
+  EXPECT_GE(b2["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(),
+            b1["usage"]["prompt_tokens"].get<int>() + b1["usage"]["completion_tokens"].get<int>() - 1);
+  // Bad keys are refused, not ignored.
+  expect_error_shape(h.post("/v1/chat/completions", chat_body("x", {{"user", 5}}).dump()), 400, "invalid_type");
+  expect_error_shape(h.post("/v1/chat/completions", chat_body("x").dump(), {{"X-Session-Id", std::string(300, 'k')}}),
+                     400, "invalid_value");
+}
+
 TEST(HttpFake, ShutdownEndsOpenStreamsWithAnError) {
   FakeConfig fake;
   fake.per_token_ms = 30;
@@ -428,6 +475,49 @@ TEST(HttpFake, ShutdownEndsOpenStreamsWithAnError) {
   EXPECT_EQ(err["error"]["code"], "server_shutting_down");
   EXPECT_EQ(h->get("/health")->status, 503);
   expect_error_shape(h->post("/v1/chat/completions", chat_body("x").dump()), 503);
+  h.reset();
+}
+
+TEST(HttpFake, DrainLetsStreamsFinishWhileRefusingNewWork) {
+  FakeConfig fake;
+  fake.per_token_ms = 5;  // the story (~90 tokens) takes ~0.5 s
+  ApiServerConfig cfg;
+  cfg.instance_id = "replica-7";
+  auto h = std::make_unique<Harness>(cfg, fake);
+  std::vector<std::string> events;
+  std::atomic<bool> started{false};
+  int status = 0;
+  std::thread client([&] {
+    status = h->stream("/v1/chat/completions", chat_body("x", {{"stream", true}}), events,
+                       [&](const std::string&) { started = true; return true; });
+  });
+  while (!started) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  h->server->begin_drain();
+  // At once: not ready, new work refused; alive.
+  auto health = h->get("/health");
+  EXPECT_EQ(health->status, 503);
+  EXPECT_EQ(json::parse(health->body)["status"], "shutting_down");
+  EXPECT_EQ(health->get_header_value("X-Cpuchat-Instance"), "replica-7");
+  EXPECT_EQ(h->get("/health/live")->status, 200);
+  expect_error_shape(h->post("/v1/chat/completions", chat_body("y").dump()), 503, "server_shutting_down");
+  EXPECT_FALSE(h->server->idle());
+  EXPECT_TRUE(h->server->wait_idle(5000));
+  client.join();
+  EXPECT_EQ(status, 200);
+  // The stream ran to its natural end: the whole story, a finish reason, [DONE].
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text;
+  std::string finish;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    json e = json::parse(events[i]);
+    EXPECT_FALSE(e.contains("error")) << events[i];
+    const json& c = e["choices"][0];
+    if (c["delta"].contains("content")) text += c["delta"]["content"].get<std::string>();
+    if (c["finish_reason"].is_string()) finish = c["finish_reason"];
+  }
+  EXPECT_EQ(text, cpuchat::testing::kStory);
+  EXPECT_EQ(finish, "stop");
   h.reset();
 }
 
