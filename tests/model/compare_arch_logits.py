@@ -80,7 +80,8 @@ def main():
     def generate(which, backend):
         cmd = binaries[which] + ["generate", "--model", a.model, "--backend", backend, "--threads", "2",
                                  "--ids", ",".join(map(str, greedy["prompt_ids"])), "--max-tokens",
-                                 str(greedy["steps"]), "--temperature", "0", "--ignore-eos", "--json"]
+                                 str(greedy["steps"]), "--temperature", "0", "--ignore-eos", "--json",
+                                 "--kv-type", "fp32"]  # the cache the divergence re-check (logits) uses
         return run(cmd, os.path.join(a.work, f"greedy-{which}-{backend}.json"))["ids"]
 
     seqs = [(s["name"], s["token_ids"]) for s in fx["sequences"]]
