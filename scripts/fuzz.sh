@@ -20,7 +20,7 @@ shared=../shared
 seed() {  # seed TARGET FILE [PREFIX_BYTE]: copies a file (optionally behind a prefix byte) into the corpus
   local dir="build-fuzz/corpus/$1" name
   name="$(basename "$2")"
-  [[ -f "$2" ]] || return 0
+  [[ -f "$2" && -d "$dir" ]] || return 0  # a target not selected has no corpus folder
   if [[ -n "${3:-}" ]]; then { printf "\\x$3"; head -c 65536 "$2"; } > "$dir/seed-$name"; else cp "$2" "$dir/seed-$name"; fi
 }
 for t in "${targets[@]}"; do

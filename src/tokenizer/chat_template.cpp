@@ -186,7 +186,8 @@ void layout_llama31(Layout& out, std::vector<ChatMessage> messages, bool add_gen
       out.special(have_builtin ? "<|eom_id|>" : "<|eot_id|>");
     } else if (m.role == "tool") {
       llama3_header(out, "ipython");
-      out.text(ordered_json(m.content).dump());  // a string result is itself JSON-encoded
+      // A string result is itself JSON-encoded; invalid UTF-8 (a CLI's stdin) becomes U+FFFD.
+      out.text(ordered_json(m.content).dump(-1, ' ', false, ordered_json::error_handler_t::replace));
       out.special("<|eot_id|>");
     } else {
       llama3_header(out, m.role);
