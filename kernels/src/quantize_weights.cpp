@@ -130,18 +130,19 @@ float quantize_q4(const float* w, int64_t count, bool bf16_scale, int8_t* q) {
 
 Q4kSuperBlock quantize_q4k_super_block(const float* w, int64_t count) {
   Q4kSuperBlock b;
-  detail::q4k_row_lanes<kGroupsPerSuperBlock>(w, std::min<int64_t>(count, kSuperBlockSize), &b);
+  detail::q4k_row_lanes<1>(w, std::min<int64_t>(count, kSuperBlockSize), &b);
   return b;
 }
 
 namespace detail {
 
+// The baseline build: 4 lanes (SSE2 / Advanced SIMD registers are always there).
 void quantize_q4g32_row_scalar(const float* row, int64_t k, int8_t* q, float* scales) {
-  q4g32_row_lanes<1>(row, k, q, scales);
+  q4g32_row_lanes<4>(row, k, q, scales);
 }
 
 void quantize_q4k_row_scalar(const float* row, int64_t k, Q4kSuperBlock* out) {
-  q4k_row_lanes<kGroupsPerSuperBlock>(row, k, out);
+  q4k_row_lanes<4>(row, k, out);
 }
 
 void quantize_q4g32_row(const float* row, int64_t k, int8_t* q, float* scales) {

@@ -1,7 +1,8 @@
 // Internal: the weight quantizers' scale searches, written over L independent blocks in
 // lockstep. Lane b is one block (a 32-value q4g32 group, or a q4k sub-block); data is
-// transposed, x[i * L + b] = value i of block b, so every loop over b is a plain elementwise
-// SIMD operation and no horizontal reduction is needed.
+// transposed, x[i * L + b] = value i of block b, and the code works on vectors of L lanes
+// (GCC/Clang vector extensions: one lane per block, plain elementwise operations, accumulators
+// in registers, no horizontal reduction).
 //
 // Every lane does the same fp32 operations in the same order whatever L is (sums over i in
 // index order, no fused multiply-add: the library builds with -ffp-contract=off), so a block's
@@ -20,97 +21,160 @@
 
 #include "cpuchat_kernels/int4_matmul.h"
 
+// Vectors wider than the baseline ABI never cross a call boundary (everything is internal and
+// inlined or local), so GCC's note about their calling convention does not apply.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace cpuchat::kernels::detail {
 namespace {
 
+// Inlined everywhere, so vectors wider than the ISA's registers are split into register pairs
+// rather than passed through memory.
+#define CPUCHAT_LANE_INLINE inline __attribute__((always_inline))
+
 constexpr int kN = kGroupSize;  // values per lane
 
-inline float lane_round(float v) {  // round to nearest even (quantize.h: round_nearest_even)
-  constexpr float kMagic = 12582912.0f;
-  return (v + kMagic) - kMagic;
-}
-inline float lane_min(float a, float b) { return b < a ? b : a; }
-inline float lane_max(float a, float b) { return a < b ? b : a; }
-inline float lane_clamp(float v, float lo, float hi) { return lane_min(hi, lane_max(lo, v)); }
-inline float lane_abs(float v) { return std::fabs(v); }
+// fp32 vectors of L lanes and their lane masks (-1 true, 0 false). One specialization per width:
+// GCC drops vector_size on a typedef whose size depends on a template parameter.
+template <int L>
+struct VectorTypes;
+template <>
+struct VectorTypes<1> {
+  typedef float F __attribute__((vector_size(4)));
+  typedef int32_t I __attribute__((vector_size(4)));
+};
+template <>
+struct VectorTypes<4> {
+  typedef float F __attribute__((vector_size(16)));
+  typedef int32_t I __attribute__((vector_size(16)));
+};
+template <>
+struct VectorTypes<8> {
+  typedef float F __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+};
+template <>
+struct VectorTypes<16> {
+  typedef float F __attribute__((vector_size(64)));
+  typedef int32_t I __attribute__((vector_size(64)));
+};
 
-inline float round_bf16_lane(float v) {  // = bf16_to_float(float_to_bf16(v)) for finite v
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  if ((bits & 0x7F800000u) != 0x7F800000u) bits += 0x7FFFu + ((bits >> 16) & 1u);
-  bits &= 0xFFFF0000u;
-  std::memcpy(&v, &bits, 4);
-  return v;
-}
+template <int L>
+struct Lanes {
+  using F = typename VectorTypes<L>::F;
+  using I = typename VectorTypes<L>::I;
+
+  static CPUCHAT_LANE_INLINE F load(const float* p) {
+    F v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static CPUCHAT_LANE_INLINE void store(float* p, F v) { std::memcpy(p, &v, sizeof v); }
+  static CPUCHAT_LANE_INLINE F splat(float v) { return F{} + v; }
+  static CPUCHAT_LANE_INLINE F min(F a, F b) { return a < b ? a : b; }
+  static CPUCHAT_LANE_INLINE F max(F a, F b) { return a > b ? a : b; }
+  static CPUCHAT_LANE_INLINE F clamp(F v, float lo, float hi) { return min(max(v, splat(lo)), splat(hi)); }
+  // Round to nearest even (quantize.h round_nearest_even), |v| < 2^22.
+  static CPUCHAT_LANE_INLINE F round(F v) { return (v + 12582912.0f) - 12582912.0f; }
+  static CPUCHAT_LANE_INLINE I bits(F v) {
+    I r;
+    std::memcpy(&r, &v, sizeof r);
+    return r;
+  }
+  static CPUCHAT_LANE_INLINE F from_bits(I v) {
+    F r;
+    std::memcpy(&r, &v, sizeof r);
+    return r;
+  }
+  static CPUCHAT_LANE_INLINE F abs(F v) { return from_bits(bits(v) & 0x7FFFFFFF); }
+  // = bf16_to_float(float_to_bf16(v)) (round to nearest even; inf/nan kept)
+  static CPUCHAT_LANE_INLINE F round_bf16(F v) {
+    const I b = bits(v);
+    const I rounded = (b + (0x7FFF + ((b >> 16) & 1))) & static_cast<int32_t>(0xFFFF0000u);
+    return from_bits((b & 0x7F800000) == 0x7F800000 ? b & static_cast<int32_t>(0xFFFF0000u) : rounded);
+  }
+  // 1 / v where v != 0, else 0.
+  static CPUCHAT_LANE_INLINE F inverse_or_zero(F v) {
+    const I nonzero = v != 0.0f;
+    return nonzero ? 1.0f / (nonzero ? v : splat(1.0f)) : splat(0.0f);
+  }
+  static CPUCHAT_LANE_INLINE F sqrt(F v) {
+    for (int b = 0; b < L; ++b) v[b] = std::sqrt(v[b]);
+    return v;
+  }
+  static CPUCHAT_LANE_INLINE F floor(F v) {
+    for (int b = 0; b < L; ++b) v[b] = std::floor(v[b]);
+    return v;
+  }
+  static CPUCHAT_LANE_INLINE F ceil(F v) {
+    for (int b = 0; b < L; ++b) v[b] = std::ceil(v[b]);
+    return v;
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // Q4G32: symmetric int4, one bf16 scale per lane (see quantize_q4 in reference.h).
 // x: [32][L] (zero beyond count[b]); q: [32][L] out; d: [L] out.
 template <int L>
-void q4g32_search_lanes(const float* x, const int* count, int8_t* q, float* d) {
-  float extreme[L], rms[L], d0[L], inv[L], sum_cww[L], err_best[L], d_best[L], ext_inv[L];
-  float c[kN * L], cw[kN * L];
-  for (int b = 0; b < L; ++b) extreme[b] = 0.0f, rms[b] = 0.0f, sum_cww[b] = 0.0f, err_best[b] = 0.0f;
+void q4g32_search_lanes(const float* x, const int* count, int8_t* q, float* d_out) {
+  using V = Lanes<L>;
+  using F = typename V::F;
+  using I = typename V::I;
+  F countf = {};
+  for (int b = 0; b < L; ++b) countf[b] = static_cast<float>(count[b]);
   // The value of largest magnitude, with its sign; sum of squares for the importance.
+  F extreme = {}, sum2 = {};
   for (int i = 0; i < kN; ++i) {
-    for (int b = 0; b < L; ++b) {
-      const float v = x[i * L + b];
-      extreme[b] = lane_abs(v) > lane_abs(extreme[b]) ? v : extreme[b];
-      rms[b] += v * v;
-    }
+    const F v = V::load(x + i * L);
+    extreme = V::abs(v) > V::abs(extreme) ? v : extreme;
+    sum2 += v * v;
   }
-  for (int b = 0; b < L; ++b) {
-    d0[b] = round_bf16_lane(extreme[b] / -8.0f);
-    inv[b] = d0[b] != 0.0f ? 1.0f / d0[b] : 0.0f;
-    rms[b] = std::sqrt(rms[b] / static_cast<float>(count[b] > 0 ? count[b] : 1));
-    ext_inv[b] = extreme[b] != 0.0f ? 1.0f / extreme[b] : 0.0f;
-  }
+  const F d0 = V::round_bf16(extreme / -8.0f);
+  const F inv0 = V::inverse_or_zero(d0);
+  const F rms = V::sqrt(sum2 / V::max(countf, V::splat(1.0f)));
+  const F ext_inv = V::inverse_or_zero(extreme);
   // Importance c_i = rms + |w_i| (0 for padding), and the max/min scale's weighted error.
+  F c[kN], cw[kN];
+  F sum_cww = {}, err_best = {};
   for (int i = 0; i < kN; ++i) {
-    for (int b = 0; b < L; ++b) {
-      const float v = x[i * L + b];
-      const float ci = i < count[b] ? rms[b] + lane_abs(v) : 0.0f;
-      c[i * L + b] = ci;
-      cw[i * L + b] = ci * v;
-      sum_cww[b] += (ci * v) * v;
-      const float l = lane_clamp(lane_round(v * inv[b]), -8.0f, 7.0f);
-      const float e = v - d0[b] * l;
-      err_best[b] += (ci * e) * e;
-    }
+    const F v = V::load(x + i * L);
+    const F ci = static_cast<float>(i) < countf ? rms + V::abs(v) : V::splat(0.0f);
+    c[i] = ci;
+    cw[i] = ci * v;
+    sum_cww += (ci * v) * v;
+    const F l = V::clamp(V::round(v * inv0), -8.0f, 7.0f);
+    const F e = v - d0 * l;
+    err_best += (ci * e) * e;
   }
-  for (int b = 0; b < L; ++b) d_best[b] = d0[b];
+  F d_best = d0;
   // Candidate inverse scales -(8 + 0.1 s) / extreme around the max/min one, each refined by the
   // weighted least-squares scale for its rounding L (make_qx_quants). The error of (d, L) has a
   // closed form; requantizing with the chosen d afterwards can only lower it (nearest rounding is
   // the best L for a given d), so the result never loses to max/min.
+  const I searchable = countf > 1.0f;
   for (int s = -9; s <= 9; ++s) {
     if (s == 0) continue;  // that is the max/min rounding
-    const float factor = -(8.0f + 0.1f * static_cast<float>(s));
-    float sum_cwq[L], sum_cqq[L], inv_s[L];
-    for (int b = 0; b < L; ++b) sum_cwq[b] = 0.0f, sum_cqq[b] = 0.0f, inv_s[b] = factor * ext_inv[b];
+    const F inv = ext_inv * -(8.0f + 0.1f * static_cast<float>(s));
+    F sum_cwq = {}, sum_cqq = {};
     for (int i = 0; i < kN; ++i) {
-      for (int b = 0; b < L; ++b) {
-        const float l = lane_clamp(lane_round(x[i * L + b] * inv_s[b]), -8.0f, 7.0f);
-        sum_cwq[b] += cw[i * L + b] * l;
-        sum_cqq[b] += (c[i * L + b] * l) * l;
-      }
+      const F l = V::clamp(V::round(V::load(x + i * L) * inv), -8.0f, 7.0f);
+      sum_cwq += cw[i] * l;
+      sum_cqq += (c[i] * l) * l;
     }
-    for (int b = 0; b < L; ++b) {
-      const float dc = sum_cqq[b] > 0.0f ? round_bf16_lane(sum_cwq[b] / sum_cqq[b]) : 0.0f;
-      const float err = (sum_cww[b] - (2.0f * dc) * sum_cwq[b]) + (dc * dc) * sum_cqq[b];
-      const bool better = dc != 0.0f && std::isfinite(dc) && err < err_best[b] && count[b] > 1;
-      err_best[b] = better ? err : err_best[b];
-      d_best[b] = better ? dc : d_best[b];
-    }
+    const I positive = sum_cqq > 0.0f;
+    const F dc = positive ? V::round_bf16(sum_cwq / (positive ? sum_cqq : V::splat(1.0f))) : V::splat(0.0f);
+    const F err = (sum_cww - (2.0f * dc) * sum_cwq) + (dc * dc) * sum_cqq;
+    const I finite = (V::bits(dc) & 0x7F800000) != 0x7F800000;
+    const I better = (dc != 0.0f) & finite & (err < err_best) & searchable;
+    err_best = better ? err : err_best;
+    d_best = better ? dc : d_best;
   }
-  for (int b = 0; b < L; ++b) {
-    d[b] = d_best[b];
-    inv[b] = d_best[b] != 0.0f ? 1.0f / d_best[b] : 0.0f;
-  }
+  V::store(d_out, d_best);
+  const F inv = V::inverse_or_zero(d_best);
   for (int i = 0; i < kN; ++i) {
-    for (int b = 0; b < L; ++b) {
-      q[i * L + b] = static_cast<int8_t>(lane_clamp(lane_round(x[i * L + b] * inv[b]), -8.0f, 7.0f));
-    }
+    const F l = V::clamp(V::round(V::load(x + i * L) * inv), -8.0f, 7.0f);
+    for (int b = 0; b < L; ++b) q[i * L + b] = static_cast<int8_t>(l[b]);
   }
 }
 
@@ -136,192 +200,197 @@ void q4g32_row_lanes(const float* row, int64_t k, int8_t* q, float* scales) {
   }
 }
 
-
 // ---------------------------------------------------------------------------------------------
-// Q4K: w ~= scale * l - min_neg, l in [0, 15], per sub-block; L sub-blocks (L % 8 == 0, lanes
-// 8p .. 8p+7 are super-block p). x: [32][L] (zero padding), count[b]: real values of lane b.
-
-// The weighted error of lane b's values against (scale, offset) with nearest rounding.
+// Q4K: w ~= scale * l + offset, l in [0, 15], offset <= 0, per sub-block; L sub-blocks
+// (L % 8 == 0, lanes 8p .. 8p+7 are super-block p). x: [32][L] (zero padding), count[b]: the
+// real values of lane b.
 template <int L>
-void q4k_lane_errors(const float* x, const float* c, const float* scale, const float* offset, float* err,
-                     uint8_t* q_out) {
-  float inv[L];
-  for (int b = 0; b < L; ++b) inv[b] = scale[b] > 0.0f ? 1.0f / scale[b] : 0.0f, err[b] = 0.0f;
-  for (int i = 0; i < kN; ++i) {
-    for (int b = 0; b < L; ++b) {
-      const float l = lane_clamp(lane_round((x[i * L + b] - offset[b]) * inv[b]), 0.0f, 15.0f);
-      const float e = (scale[b] * l + offset[b]) - x[i * L + b];
-      err[b] += (c[i * L + b] * e) * e;
-      if (q_out != nullptr) q_out[i * L + b] = static_cast<uint8_t>(l);
-    }
-  }
-}
+struct Q4kLanes {
+  using V = Lanes<L>;
+  using F = typename V::F;
+  using I = typename V::I;
+  F x[kN], c[kN];
+  F sum_c = {}, sum_cx = {}, sum_cxx = {};
 
-// Weighted least squares for (scale, offset) given the rounding l = round((x - offset) / scale)
-// of the current (scale, offset); offset is clamped to <= 0 as in Q4_K.
-template <int L>
-void q4k_lane_refit(const float* x, const float* c, const float* scale, const float* offset, const float* sum_c,
-                    const float* sum_cx, float* new_scale, float* new_offset) {
-  float inv[L], sl[L], sl2[L], sxl[L];
-  for (int b = 0; b < L; ++b) inv[b] = scale[b] > 0.0f ? 1.0f / scale[b] : 0.0f, sl[b] = sl2[b] = sxl[b] = 0.0f;
-  for (int i = 0; i < kN; ++i) {
-    for (int b = 0; b < L; ++b) {
-      const float l = lane_clamp(lane_round((x[i * L + b] - offset[b]) * inv[b]), 0.0f, 15.0f);
-      const float cl = c[i * L + b] * l;
-      sl[b] += cl;
-      sl2[b] += cl * l;
-      sxl[b] += cl * x[i * L + b];
-    }
-  }
-  for (int b = 0; b < L; ++b) {
-    const float det = sum_c[b] * sl2[b] - sl[b] * sl[b];
-    float s = det > 0.0f ? (sum_c[b] * sxl[b] - sum_cx[b] * sl[b]) / det : 0.0f;
-    float o = det > 0.0f ? (sl2[b] * sum_cx[b] - sl[b] * sxl[b]) / det : 0.0f;
-    if (o > 0.0f) o = 0.0f, s = sl2[b] > 0.0f ? sxl[b] / sl2[b] : 0.0f;
-    new_scale[b] = s;
-    new_offset[b] = o;
-  }
-}
-
-// Quantizes L / 8 super-blocks (see quantize_q4k_super_block in reference.h).
-template <int L>
-void q4k_search_lanes(const float* x, const int* count, Q4kSuperBlock* out) {
-  static_assert(L % kGroupsPerSuperBlock == 0, "whole super-blocks");
-  constexpr int P = L / kGroupsPerSuperBlock;
-  float c[kN * L];
-  float lo[L], hi[L], rms[L], sum_c[L], sum_cx[L], sum_cxx[L];
-  for (int b = 0; b < L; ++b) lo[b] = hi[b] = x[b], rms[b] = sum_c[b] = sum_cx[b] = sum_cxx[b] = 0.0f;
-  for (int i = 0; i < kN; ++i) {
-    for (int b = 0; b < L; ++b) {
-      const float v = x[i * L + b];
-      lo[b] = lane_min(lo[b], v);
-      hi[b] = lane_max(hi[b], v);
-      rms[b] += v * v;
-    }
-  }
-  for (int b = 0; b < L; ++b) rms[b] = std::sqrt(rms[b] / static_cast<float>(kN)), lo[b] = lane_min(lo[b], 0.0f);
-  for (int i = 0; i < kN; ++i) {
-    for (int b = 0; b < L; ++b) {
-      const float v = x[i * L + b];
-      const float ci = i < count[b] ? rms[b] + lane_abs(v) : 0.0f;  // padding's error does not matter
-      c[i * L + b] = ci;
-      sum_c[b] += ci;
-      sum_cx[b] += ci * v;
-      sum_cxx[b] += (ci * v) * v;
-    }
-  }
-  // 1. Each sub-block's scale and offset: make_qkx2_quants' search. Candidate inverse scales
-  //    (14 + 0.1 s) / (hi - lo), each refined by weighted least squares for its rounding and
-  //    scored by the closed-form error of that rounding; then two alternations of rounding
-  //    and re-solving, scored by their true error.
-  float scale[L], offset[L], best_err[L], range_inv[L];
-  for (int b = 0; b < L; ++b) {
-    scale[b] = (hi[b] - lo[b]) / 15.0f;
-    offset[b] = lo[b];
-    range_inv[b] = hi[b] > lo[b] ? 1.0f / (hi[b] - lo[b]) : 0.0f;
-  }
-  q4k_lane_errors<L>(x, c, scale, offset, best_err, nullptr);
-  for (int s = 0; s <= 20; ++s) {
-    const float factor = 14.0f + 0.1f * static_cast<float>(s);
-    float inv[L], sl[L], sl2[L], sxl[L];
-    for (int b = 0; b < L; ++b) inv[b] = factor * range_inv[b], sl[b] = sl2[b] = sxl[b] = 0.0f;
+  // Weighted error of (scale, offset) with nearest rounding; the rounding in l_out if given.
+  CPUCHAT_LANE_INLINE F error(F scale, F offset, F* l_out = nullptr) const {
+    const F inv = V::inverse_or_zero(V::max(scale, V::splat(0.0f)));
+    F err = {};
     for (int i = 0; i < kN; ++i) {
-      for (int b = 0; b < L; ++b) {
-        const float l = lane_clamp(lane_round(inv[b] * (x[i * L + b] - lo[b])), 0.0f, 15.0f);
-        const float cl = c[i * L + b] * l;
-        sl[b] += cl;
-        sl2[b] += cl * l;
-        sxl[b] += cl * x[i * L + b];
-      }
+      const F l = V::clamp(V::round((x[i] - offset) * inv), 0.0f, 15.0f);
+      const F e = (scale * l + offset) - x[i];
+      err += (c[i] * e) * e;
+      if (l_out != nullptr) l_out[i] = l;
     }
-    for (int b = 0; b < L; ++b) {
-      const float det = sum_c[b] * sl2[b] - sl[b] * sl[b];
-      float sc = det > 0.0f ? (sum_c[b] * sxl[b] - sum_cx[b] * sl[b]) / det : 0.0f;
-      float of = det > 0.0f ? (sl2[b] * sum_cx[b] - sl[b] * sxl[b]) / det : 0.0f;
-      if (of > 0.0f) of = 0.0f, sc = sl2[b] > 0.0f ? sxl[b] / sl2[b] : 0.0f;
-      const float err = ((((sc * sc) * sl2[b] + (of * of) * sum_c[b]) + sum_cxx[b]) + (2.0f * sc * of) * sl[b]) -
-                        (2.0f * sc) * sxl[b] - (2.0f * of) * sum_cx[b];
-      const bool better = det > 0.0f && sc > 0.0f && err < best_err[b];
-      best_err[b] = better ? err : best_err[b];
-      scale[b] = better ? sc : scale[b];
-      offset[b] = better ? of : offset[b];
+    return err;
+  }
+  // Weighted least squares for (scale, offset) given a rounding l; offset clamped to <= 0 as in
+  // Q4_K. Returns the closed-form error of (scale, offset, l); ok = a valid solution.
+  CPUCHAT_LANE_INLINE F solve(const F* l, F* scale, F* offset, I* ok) const {
+    F sl = {}, sl2 = {}, sxl = {};
+    for (int i = 0; i < kN; ++i) {
+      const F cl = c[i] * l[i];
+      sl += cl;
+      sl2 += cl * l[i];
+      sxl += cl * x[i];
     }
+    const F det = sum_c * sl2 - sl * sl;
+    const I solvable = det > 0.0f;
+    const F safe_det = solvable ? det : V::splat(1.0f);
+    F sc = (sum_c * sxl - sum_cx * sl) / safe_det, of = (sl2 * sum_cx - sl * sxl) / safe_det;
+    const I clamp_offset = of > 0.0f;
+    of = clamp_offset ? V::splat(0.0f) : of;
+    sc = clamp_offset ? (sl2 > 0.0f ? sxl / (sl2 > 0.0f ? sl2 : V::splat(1.0f)) : V::splat(0.0f)) : sc;
+    *scale = sc;
+    *offset = of;
+    *ok = solvable & (sc > 0.0f);
+    return ((((sc * sc) * sl2 + (of * of) * sum_c) + sum_cxx) + (2.0f * sc * of) * sl) - (2.0f * sc) * sxl -
+           (2.0f * of) * sum_cx;
+  }
+};
+
+// Stage 1 of the q4k quantizer for W sub-blocks (W lanes starting at xt, row stride ld): each
+// sub-block's scale and offset, make_qkx2_quants' search. Candidate inverse scales
+// (14 + 0.1 s) / (hi - lo), each refined by weighted least squares for its rounding and scored
+// by the closed-form error of that rounding; then two alternations of rounding and re-solving,
+// scored by their true error.
+template <int W>
+CPUCHAT_LANE_INLINE void q4k_load_lanes(const float* xt, int ld, const int* count, Q4kLanes<W>* s,
+                                        typename Lanes<W>::F* lo, typename Lanes<W>::F* hi) {
+  using V = Lanes<W>;
+  using F = typename V::F;
+  F countf = {};
+  for (int b = 0; b < W; ++b) countf[b] = static_cast<float>(count[b]);
+  *lo = V::load(xt);
+  *hi = *lo;
+  F sum2 = {};
+  for (int i = 0; i < kN; ++i) {
+    s->x[i] = V::load(xt + i * ld);
+    *lo = V::min(*lo, s->x[i]);
+    *hi = V::max(*hi, s->x[i]);
+    sum2 += s->x[i] * s->x[i];
+  }
+  const F rms = V::sqrt(sum2 / static_cast<float>(kN));
+  *lo = V::min(*lo, V::splat(0.0f));
+  for (int i = 0; i < kN; ++i) {
+    const F ci = static_cast<float>(i) < countf ? rms + V::abs(s->x[i]) : V::splat(0.0f);  // padding: no weight
+    s->c[i] = ci;
+    s->sum_c += ci;
+    s->sum_cx += ci * s->x[i];
+    s->sum_cxx += (ci * s->x[i]) * s->x[i];
+  }
+}
+
+template <int W>
+void q4k_fit_lanes(const Q4kLanes<W>& s, typename Lanes<W>::F lo, typename Lanes<W>::F hi, float* scale_out,
+                   float* offset_out) {
+  using V = Lanes<W>;
+  using F = typename V::F;
+  using I = typename V::I;
+  const I varying = hi > lo;
+  const F range_inv = V::inverse_or_zero(hi - lo);
+  F scale = (hi - lo) / 15.0f, offset = lo;
+  F best_err = s.error(scale, offset);
+  F l[kN];
+  for (int step = 0; step <= 20; ++step) {
+    const F inv = range_inv * (14.0f + 0.1f * static_cast<float>(step));
+    for (int i = 0; i < kN; ++i) l[i] = V::clamp(V::round(inv * (s.x[i] - lo)), 0.0f, 15.0f);
+    F sc, of;
+    I ok;
+    const F err = s.solve(l, &sc, &of, &ok);
+    const I better = ok & (err < best_err);
+    best_err = better ? err : best_err;
+    scale = better ? sc : scale;
+    offset = better ? of : offset;
   }
   for (int iter = 0; iter < 2; ++iter) {
-    float ns[L], no[L], err[L];
-    q4k_lane_refit<L>(x, c, scale, offset, sum_c, sum_cx, ns, no);
-    q4k_lane_errors<L>(x, c, ns, no, err, nullptr);
-    for (int b = 0; b < L; ++b) {
-      const bool better = ns[b] > 0.0f && err[b] < best_err[b];
-      best_err[b] = better ? err[b] : best_err[b];
-      scale[b] = better ? ns[b] : scale[b];
-      offset[b] = better ? no[b] : offset[b];
-    }
+    s.error(scale, offset, l);
+    F sc, of;
+    I ok;
+    s.solve(l, &sc, &of, &ok);
+    const F err = s.error(sc, of);
+    const I better = ok & (err < best_err);
+    best_err = better ? err : best_err;
+    scale = better ? sc : scale;
+    offset = better ? of : offset;
   }
-  for (int b = 0; b < L; ++b) {
-    if (!(hi[b] > lo[b])) scale[b] = 0.0f, offset[b] = lo[b];  // constant sub-block
-  }
+  V::store(scale_out, varying ? scale : V::splat(0.0f));  // a constant sub-block is all offset
+  V::store(offset_out, varying ? offset : lo);
+}
 
-  // 2. The super-block: fp16 d = max scale / 63 and dmin = max min / 63, then each sub-block's
-  //    6-bit sc and m: of the (floor, ceil) choices against the ROUNDED d and dmin, the one whose
-  //    requantized sub-block has the smallest weighted error.
-  float d[P], dmin[P];
+// Stage 3: W sub-blocks' 6-bit sc and m against their super-block's ROUNDED d and dmin: of the
+// (floor, ceil) choices, the one whose requantized sub-block has the smallest weighted error.
+// sc, m: [W] out; q: [32][ld] out (lanes b of rows i).
+template <int W>
+void q4k_choose_lanes(const Q4kLanes<W>& s, const float* scale_in, const float* offset_in, const float* d_in,
+                      const float* dmin_in, float* sc_out, float* m_out, float* q_out, int ld) {
+  using V = Lanes<W>;
+  using F = typename V::F;
+  using I = typename V::I;
+  const F scale = V::load(scale_in), offset = V::load(offset_in), d = V::load(d_in), dmin = V::load(dmin_in);
+  const F sc_f = d > 0.0f ? V::min(V::splat(63.0f), scale * V::inverse_or_zero(d)) : V::splat(0.0f);
+  const F m_f = dmin > 0.0f ? V::min(V::splat(63.0f), -offset * V::inverse_or_zero(dmin)) : V::splat(0.0f);
+  F sc_best = {}, m_best = {}, err_best = V::splat(-1.0f), q[kN] = {}, q_try[kN];
+  for (int choice = 0; choice < 4; ++choice) {
+    const F sc = (choice & 2) ? V::ceil(sc_f) : V::floor(sc_f);
+    const F m = (choice & 1) ? V::ceil(m_f) : V::floor(m_f);
+    // (d sc) and (dmin m): q4k_effective_scale and q4k_effective_min
+    const F err = s.error(d * sc, -(dmin * m), q_try);
+    const I better = (err_best < 0.0f) | (err < err_best);
+    err_best = better ? err : err_best;
+    sc_best = better ? sc : sc_best;
+    m_best = better ? m : m_best;
+    for (int i = 0; i < kN; ++i) q[i] = better ? q_try[i] : q[i];
+  }
+  V::store(sc_out, sc_best);
+  V::store(m_out, m_best);
+  for (int i = 0; i < kN; ++i) V::store(q_out + i * ld, q[i]);
+}
+
+// Quantizes L / 8 super-blocks (see quantize_q4k_super_block in reference.h) in vectors of W
+// lanes. xt: [32][L] (zero padding), count[b]: the real values of lane b.
+template <int L, int W>
+void q4k_search_lanes(const float* xt, const int* count, Q4kSuperBlock* out) {
+  static_assert(L % kGroupsPerSuperBlock == 0 && L % W == 0, "whole super-blocks, whole vectors");
+  constexpr int P = L / kGroupsPerSuperBlock, C = L / W;
+  Q4kLanes<W> s[C];
+  float scale[L], offset[L], d[L], dmin[L], sc[L], m[L], q[kN * L];
+  for (int ch = 0; ch < C; ++ch) {
+    typename Lanes<W>::F lo, hi;
+    q4k_load_lanes<W>(xt + ch * W, L, count + ch * W, &s[ch], &lo, &hi);
+    q4k_fit_lanes<W>(s[ch], lo, hi, scale + ch * W, offset + ch * W);
+  }
+  // Stage 2: the super-block's fp16 d = max scale / 63 and dmin = max min / 63.
   for (int p = 0; p < P; ++p) {
     float max_scale = 0.0f, max_min = 0.0f;
-    for (int j = 0; j < kGroupsPerSuperBlock; ++j) {
-      max_scale = lane_max(max_scale, scale[p * kGroupsPerSuperBlock + j]);
-      max_min = lane_max(max_min, -offset[p * kGroupsPerSuperBlock + j]);
+    for (int b = p * kGroupsPerSuperBlock; b < (p + 1) * kGroupsPerSuperBlock; ++b) {
+      max_scale = scale[b] > max_scale ? scale[b] : max_scale;
+      max_min = -offset[b] > max_min ? -offset[b] : max_min;
     }
     out[p].d = float_to_fp16(max_scale / 63.0f);
     out[p].dmin = float_to_fp16(max_min / 63.0f);
-    d[p] = fp16_to_float(out[p].d);
-    dmin[p] = fp16_to_float(out[p].dmin);
+    for (int b = p * kGroupsPerSuperBlock; b < (p + 1) * kGroupsPerSuperBlock; ++b) {
+      d[b] = fp16_to_float(out[p].d);
+      dmin[b] = fp16_to_float(out[p].dmin);
+    }
   }
-  float sc_best[L], m_best[L], err_best[L];
-  uint8_t q[kN * L], q_try[kN * L];
-  for (int b = 0; b < L; ++b) err_best[b] = -1.0f, sc_best[b] = m_best[b] = 0.0f;
-  float sc_f[L], m_f[L];
-  for (int b = 0; b < L; ++b) {
-    const int p = b / kGroupsPerSuperBlock;
-    sc_f[b] = d[p] > 0.0f ? lane_min(63.0f, scale[b] * (1.0f / d[p])) : 0.0f;
-    m_f[b] = dmin[p] > 0.0f ? lane_min(63.0f, -offset[b] * (1.0f / dmin[p])) : 0.0f;
-  }
-  for (int choice = 0; choice < 4; ++choice) {
-    float sc[L], m[L], es[L], em[L], err[L];
-    for (int b = 0; b < L; ++b) {
-      const int p = b / kGroupsPerSuperBlock;
-      sc[b] = (choice & 2) ? std::ceil(sc_f[b]) : std::floor(sc_f[b]);
-      m[b] = (choice & 1) ? std::ceil(m_f[b]) : std::floor(m_f[b]);
-      es[b] = d[p] * sc[b];    // q4k_effective_scale
-      em[b] = -(dmin[p] * m[b]);  // offset = -q4k_effective_min
-    }
-    q4k_lane_errors<L>(x, c, es, em, err, q_try);
-    for (int b = 0; b < L; ++b) {
-      const bool better = err_best[b] < 0.0f || err[b] < err_best[b];
-      err_best[b] = better ? err[b] : err_best[b];
-      sc_best[b] = better ? sc[b] : sc_best[b];
-      m_best[b] = better ? m[b] : m_best[b];
-    }
-    for (int i = 0; i < kN; ++i) {
-      for (int b = 0; b < L; ++b) {
-        const bool chosen = sc_best[b] == sc[b] && m_best[b] == m[b];
-        q[i * L + b] = chosen ? q_try[i * L + b] : q[i * L + b];
-      }
-    }
+  for (int ch = 0; ch < C; ++ch) {
+    const int b0 = ch * W;
+    q4k_choose_lanes<W>(s[ch], scale + b0, offset + b0, d + b0, dmin + b0, sc + b0, m + b0, q + b0, L);
   }
   for (int b = 0; b < L; ++b) {
     Q4kSuperBlock& o = out[b / kGroupsPerSuperBlock];
     const int j = b % kGroupsPerSuperBlock;
-    o.sc[j] = static_cast<uint8_t>(sc_best[b]);
-    o.m[j] = static_cast<uint8_t>(m_best[b]);
-    for (int i = 0; i < kN; ++i) o.q[j * kN + i] = q[i * L + b];
+    o.sc[j] = static_cast<uint8_t>(sc[b]);
+    o.m[j] = static_cast<uint8_t>(m[b]);
+    for (int i = 0; i < kN; ++i) o.q[j * kN + i] = static_cast<uint8_t>(q[i * L + b]);
   }
 }
 
-// One row of k values: ceil(k / 256) super-blocks.
-template <int L>
+// One row of k values: ceil(k / 256) super-blocks, in vectors of W lanes.
+template <int W>
 void q4k_row_lanes(const float* row, int64_t k, Q4kSuperBlock* out) {
-  constexpr int P = L / kGroupsPerSuperBlock;
+  constexpr int L = W > kGroupsPerSuperBlock ? W : kGroupsPerSuperBlock, P = L / kGroupsPerSuperBlock;
   const int64_t supers = q4k_super_blocks(k);
   float x[kN * L];
   int count[L];
@@ -332,10 +401,13 @@ void q4k_row_lanes(const float* row, int64_t k, Q4kSuperBlock* out) {
       for (int i = 0; i < kN; ++i) x[i * L + b] = i < count[b] ? row[begin + i] : 0.0f;
     }
     Q4kSuperBlock blocks[P];
-    q4k_search_lanes<L>(x, count, blocks);
+    q4k_search_lanes<L, W>(x, count, blocks);
     for (int p = 0; p < P && s0 + p < supers; ++p) out[s0 + p] = blocks[p];
   }
 }
 
 }  // namespace
 }  // namespace cpuchat::kernels::detail
+
+#undef CPUCHAT_LANE_INLINE
+#pragma GCC diagnostic pop

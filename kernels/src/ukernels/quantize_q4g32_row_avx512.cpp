@@ -1,4 +1,4 @@
-// Q4G32 weight quantizer (scale search), 16 groups in lockstep, AVX-512 (compiled with -mavx512f -mprefer-vector-width=512; no FMA: -ffp-contract=off).
+// Q4G32 weight quantizer (scale search), 16 groups in lockstep (one vector), AVX-512 (compiled with -mavx512f -mprefer-vector-width=512; no FMA: -ffp-contract=off).
 // Bit-identical to quantize_q4g32_row_scalar: the same lane code (quantize_weights_lanes.h).
 #include "quantize.h"
 #include "quantize_weights_lanes.h"

@@ -1,4 +1,4 @@
-// Q4K weight quantizer (sub-block and super-block search), 2 super-blocks in lockstep,
+// Q4K weight quantizer (sub-block and super-block search), 16 sub-blocks per vector,
 // AVX-512 (compiled with -mavx512f -mprefer-vector-width=512; no FMA: -ffp-contract=off).
 // Bit-identical to quantize_q4k_row_scalar: the same lane code (quantize_weights_lanes.h).
 #include "quantize.h"

@@ -1,4 +1,4 @@
-// Q4K weight quantizer (sub-block and super-block search), 2 super-blocks in lockstep,
+// Q4K weight quantizer (sub-block and super-block search), 4 sub-blocks per vector,
 // NEON (aarch64 baseline: Advanced SIMD is always there; no FMA: -ffp-contract=off).
 // Bit-identical to quantize_q4k_row_scalar: the same lane code (quantize_weights_lanes.h).
 #include "quantize.h"
@@ -7,7 +7,7 @@
 namespace cpuchat::kernels::detail {
 
 void quantize_q4k_row_neon(const float* row, int64_t k, Q4kSuperBlock* out) {
-  q4k_row_lanes<16>(row, k, out);
+  q4k_row_lanes<4>(row, k, out);
 }
 
 }  // namespace cpuchat::kernels::detail
