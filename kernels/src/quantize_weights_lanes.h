@@ -273,7 +273,11 @@ CPUCHAT_LANE_INLINE void q4k_load_lanes(const float* xt, int ld, const int* coun
   const F rms = V::sqrt(sum2 / static_cast<float>(kN));
   *lo = V::min(*lo, V::splat(0.0f));
   for (int i = 0; i < kN; ++i) {
-    const F ci = static_cast<float>(i) < countf ? rms + V::abs(s->x[i]) : V::splat(0.0f);  // padding: no weight
+    // Importance sqrt(rms^2 + w^2): large weights matter more, small ones are not ignored
+    // (measured on stories260K: KL 0.0606 vs 0.0621 with llama.cpp's rms + |w|, with the
+    // (d, dmin) refit below).
+    const F imp = V::sqrt(s->x[i] * s->x[i] + rms * rms);
+    const F ci = static_cast<float>(i) < countf ? imp : V::splat(0.0f);  // padding: no weight
     s->c[i] = ci;
     s->sum_c += ci;
     s->sum_cx += ci * s->x[i];
@@ -323,7 +327,7 @@ void q4k_fit_lanes(const Q4kLanes<W>& s, typename Lanes<W>::F lo, typename Lanes
 // sc, m: [W] out; q: [32][ld] out (lanes b of rows i).
 template <int W>
 void q4k_choose_lanes(const Q4kLanes<W>& s, const float* scale_in, const float* offset_in, const float* d_in,
-                      const float* dmin_in, float* sc_out, float* m_out, float* q_out, int ld) {
+                      const float* dmin_in, float* sc_out, float* m_out, float* q_out, int ld, float* err_out) {
   using V = Lanes<W>;
   using F = typename V::F;
   using I = typename V::I;
@@ -343,8 +347,31 @@ void q4k_choose_lanes(const Q4kLanes<W>& s, const float* scale_in, const float* 
     for (int i = 0; i < kN; ++i) q[i] = better ? q_try[i] : q[i];
   }
   V::store(sc_out, sc_best);
+  V::store(err_out, err_best);
   V::store(m_out, m_best);
   for (int i = 0; i < kN; ++i) V::store(q_out + i * ld, q[i]);
+}
+
+template <int W>
+void q4k_refit_sums(const Q4kLanes<W>& s, const float* sc_in, const float* m_in, const float* q_in, int ld, float* saa,
+                    float* sab, float* sbb, float* saw, float* sbw) {
+  using V = Lanes<W>;
+  using F = typename V::F;
+  const F sc = V::load(sc_in), m = V::load(m_in);
+  F a2 = {}, ab = {}, b2 = {}, aw = {}, bw = {};
+  for (int i = 0; i < kN; ++i) {
+    const F a = sc * V::load(q_in + i * ld);
+    a2 += (s.c[i] * a) * a;
+    ab += (s.c[i] * a) * m;
+    b2 += (s.c[i] * m) * m;
+    aw += (s.c[i] * a) * s.x[i];
+    bw += (s.c[i] * m) * s.x[i];
+  }
+  V::store(saa, a2);
+  V::store(sab, ab);
+  V::store(sbb, b2);
+  V::store(saw, aw);
+  V::store(sbw, bw);
 }
 
 // Quantizes L / 8 super-blocks (see quantize_q4k_super_block in reference.h) in vectors of W
@@ -354,7 +381,7 @@ void q4k_search_lanes(const float* xt, const int* count, Q4kSuperBlock* out) {
   static_assert(L % kGroupsPerSuperBlock == 0 && L % W == 0, "whole super-blocks, whole vectors");
   constexpr int P = L / kGroupsPerSuperBlock, C = L / W;
   Q4kLanes<W> s[C];
-  float scale[L], offset[L], d[L], dmin[L], sc[L], m[L], q[kN * L];
+  float scale[L], offset[L], d[L], dmin[L], sc[L], m[L], q[kN * L], err[L];
   for (int ch = 0; ch < C; ++ch) {
     typename Lanes<W>::F lo, hi;
     q4k_load_lanes<W>(xt + ch * W, L, count + ch * W, &s[ch], &lo, &hi);
@@ -376,7 +403,52 @@ void q4k_search_lanes(const float* xt, const int* count, Q4kSuperBlock* out) {
   }
   for (int ch = 0; ch < C; ++ch) {
     const int b0 = ch * W;
-    q4k_choose_lanes<W>(s[ch], scale + b0, offset + b0, d + b0, dmin + b0, sc + b0, m + b0, q + b0, L);
+    q4k_choose_lanes<W>(s[ch], scale + b0, offset + b0, d + b0, dmin + b0, sc + b0, m + b0, q + b0, L, err + b0);
+  }
+  {
+    for (int iter = 0; iter < 2; ++iter) {
+      // 4. (d, dmin) by weighted least squares for the chosen integers (w ~= d sc q - dmin m),
+      //    q re-rounded against them; kept per super-block if its error drops.
+      float saa[L], sab[L], sbb[L], saw[L], sbw[L];
+      for (int ch = 0; ch < C; ++ch) q4k_refit_sums<W>(s[ch], sc + ch * W, m + ch * W, q + ch * W, L, saa + ch * W, sab + ch * W, sbb + ch * W, saw + ch * W, sbw + ch * W);
+      float d2[L], dmin2[L];
+      uint16_t d2_bits[P], dmin2_bits[P];
+      for (int p = 0; p < P; ++p) {
+        double a = 0, ab = 0, bb = 0, aw = 0, bw = 0;
+        for (int b = p * kGroupsPerSuperBlock; b < (p + 1) * kGroupsPerSuperBlock; ++b) a += saa[b], ab += sab[b], bb += sbb[b], aw += saw[b], bw += sbw[b];
+        // d a - dmin ab = aw ; d ab - dmin bb = bw
+        const double det = -a * bb + ab * ab;
+        double dd = fp16_to_float(out[p].d), dm = fp16_to_float(out[p].dmin);
+        if (det != 0.0) {
+          dd = (-aw * bb + ab * bw) / det;
+          dm = (a * bw - ab * aw) / det;
+        }
+        if (!(dd > 0.0)) dd = fp16_to_float(out[p].d);
+        if (!(dm >= 0.0)) dm = fp16_to_float(out[p].dmin);
+        d2_bits[p] = float_to_fp16(static_cast<float>(dd));
+        dmin2_bits[p] = float_to_fp16(static_cast<float>(dm));
+        for (int b = p * kGroupsPerSuperBlock; b < (p + 1) * kGroupsPerSuperBlock; ++b) d2[b] = fp16_to_float(d2_bits[p]), dmin2[b] = fp16_to_float(dmin2_bits[p]);
+      }
+      float err2[L], q2[kN * L];
+      for (int ch = 0; ch < C; ++ch) {
+        using V = Lanes<W>;
+        typename V::F qt[kN];
+        const typename V::F e = s[ch].error(V::load(d2 + ch * W) * V::load(sc + ch * W), -(V::load(dmin2 + ch * W) * V::load(m + ch * W)), qt);
+        V::store(err2 + ch * W, e);
+        for (int i = 0; i < kN; ++i) V::store(q2 + i * L + ch * W, qt[i]);
+      }
+      for (int p = 0; p < P; ++p) {
+        float e_old = 0, e_new = 0;
+        for (int b = p * kGroupsPerSuperBlock; b < (p + 1) * kGroupsPerSuperBlock; ++b) e_old += err[b], e_new += err2[b];
+        if (!(e_new < e_old)) continue;
+        out[p].d = d2_bits[p];
+        out[p].dmin = dmin2_bits[p];
+        for (int b = p * kGroupsPerSuperBlock; b < (p + 1) * kGroupsPerSuperBlock; ++b) {
+          err[b] = err2[b];
+          for (int i = 0; i < kN; ++i) q[i * L + b] = q2[i * L + b];
+        }
+      }
+    }
   }
   for (int b = 0; b < L; ++b) {
     Q4kSuperBlock& o = out[b / kGroupsPerSuperBlock];
