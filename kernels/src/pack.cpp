@@ -8,6 +8,7 @@
 
 #include "cpuchat_kernels/int4_matmul.h"
 #include "cpuchat_kernels/reference.h"
+#include "quantize.h"
 
 namespace cpuchat::kernels {
 namespace {
@@ -156,18 +157,15 @@ void PackedWeights::pack_rows_impl(const Src* rows, int64_t ld, int64_t row_begi
   if (scheme == Scheme::Q4K) {
     const int64_t supers = q4k_super_blocks(k), bytes_per_block = block_bytes(l, scheme, k);
     std::vector<float> row_f32(static_cast<size_t>(k));
+    std::vector<Q4kSuperBlock> row_blocks(static_cast<size_t>(supers));
     for (int64_t b = row_begin / l.nr; b * l.nr < row_end; ++b) {
       uint8_t* block = data_ + b * bytes_per_block;
       std::memset(block, 0, static_cast<size_t>(bytes_per_block));
       for (int r = 0; r < l.nr && b * l.nr + r < row_end; ++r) {
         const Src* src = rows + (b * l.nr + r - row_begin) * ld;
         for (int64_t i = 0; i < k; ++i) row_f32[i] = to_float(src[i]);
-        for (int64_t s = 0; s < supers; ++s) {
-          const int64_t begin = s * kSuperBlockSize;
-          const Q4kSuperBlock sb =
-              quantize_q4k_super_block(row_f32.data() + begin, std::min<int64_t>(kSuperBlockSize, k - begin));
-          store_q4k(l, block + s * q4k_super_block_bytes(l), r, sb);
-        }
+        detail::quantize_q4k_row(row_f32.data(), k, row_blocks.data());
+        for (int64_t s = 0; s < supers; ++s) store_q4k(l, block + s * q4k_super_block_bytes(l), r, row_blocks[s]);
       }
     }
     return;
@@ -193,10 +191,7 @@ void PackedWeights::pack_rows_impl(const Src* rows, int64_t ld, int64_t row_begi
       for (int64_t i = 0; i < k; ++i) row_f32[i] = to_float(src[i]);
       int8_t* qr = q.data() + r * kp;
       if (scheme == Scheme::Q4G32) {
-        for (int64_t g = 0; g * kGroupSize < k; ++g) {
-          const int64_t begin = g * kGroupSize, count = std::min<int64_t>(kGroupSize, k - begin);
-          scales[r * groups + g] = quantize_q4(row_f32.data() + begin, count, true, qr + begin);
-        }
+        detail::quantize_q4g32_row(row_f32.data(), k, qr, scales.data() + r * groups);
       } else {
         scales[r] = quantize_q4(row_f32.data(), k, false, qr);
       }

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "cpuchat_kernels/int4_matmul.h"
+
 namespace cpuchat::kernels::detail {
 
 // Round to nearest, ties to even, for |v| < 2^22 (the quantizers only see |v| <= 127.5):
@@ -23,5 +25,25 @@ void quantize_q8b32_row_scalar(const float* x, int64_t k, int64_t k_padded, int8
 void quantize_q8b32_row_avx2(const float* x, int64_t k, int64_t k_padded, int8_t* q, float* scales,
                              int32_t* neg8_sums);
 #endif
+
+// Weight quantizers of one row of k values (the scale searches of reference.h; every version
+// is bit-identical to the scalar one, see quantize_weights_lanes.h).
+//   q4g32: q [ceil(k/32) * 32] in [-8, 7] (zero-padded), scales [ceil(k/32)] (bf16 values)
+//   q4k:   out [ceil(k/256)] super-blocks
+void quantize_q4g32_row_scalar(const float* row, int64_t k, int8_t* q, float* scales);
+void quantize_q4k_row_scalar(const float* row, int64_t k, Q4kSuperBlock* out);
+#if defined(__x86_64__) || defined(_M_X64)
+void quantize_q4g32_row_avx2(const float* row, int64_t k, int8_t* q, float* scales);
+void quantize_q4g32_row_avx512(const float* row, int64_t k, int8_t* q, float* scales);
+void quantize_q4k_row_avx2(const float* row, int64_t k, Q4kSuperBlock* out);
+void quantize_q4k_row_avx512(const float* row, int64_t k, Q4kSuperBlock* out);
+#elif defined(__aarch64__)
+void quantize_q4g32_row_neon(const float* row, int64_t k, int8_t* q, float* scales);
+void quantize_q4k_row_neon(const float* row, int64_t k, Q4kSuperBlock* out);
+#endif
+// The fastest version for the active ISA level (the packer's choice). q4g32 follows
+// CPUCHAT_Q4_SCALE_SEARCH=off (the old max/min rule) like quantize_q4.
+void quantize_q4g32_row(const float* row, int64_t k, int8_t* q, float* scales);
+void quantize_q4k_row(const float* row, int64_t k, Q4kSuperBlock* out);
 
 }  // namespace cpuchat::kernels::detail

@@ -1,11 +1,14 @@
 // Q4K specifics: fp16 conversions, the integer part of every Q4K kernel through exactly
-// stored super-blocks, the quantizers' error-minimizing searches.
+// stored super-blocks, the quantizers' error-minimizing searches and their SIMD builds.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
+#include <utility>
 
 #include "cpuchat_kernels/reference.h"
+#include "quantize.h"
 #include "test_util.h"
 
 namespace cpuchat::kernels {
@@ -138,6 +141,52 @@ TEST(Q4k, ScaleSearchesReduceTheError) {
   std::printf("[ accuracy ] weight RMS error: q4k %.5f, q4g32 %.5f; q4g32 weighted error search/absmax %.3f\n",
               std::sqrt(e_q4k / (n * k)), std::sqrt(e_g32 / (n * k)), err_search / err_absmax);
   EXPECT_LT(e_q4k, e_g32);
+}
+
+// The weight searches' SIMD builds (16 / 8 / 4 lanes) against the one-block-at-a-time scalar
+// code (quantize_q4 per group, quantize_q4k_super_block): bit for bit, on rows with a partial
+// last group and super-block, outliers, an all-zero group and a constant sub-block.
+TEST(Q4k, WeightSearchesAreBitIdenticalOnEveryLevel) {
+  using RowG32 = void (*)(const float*, int64_t, int8_t*, float*);
+  using RowQ4k = void (*)(const float*, int64_t, Q4kSuperBlock*);
+  std::vector<std::pair<const char*, std::pair<RowG32, RowQ4k>>> versions = {
+      {"baseline", {detail::quantize_q4g32_row_scalar, detail::quantize_q4k_row_scalar}}};
+#if defined(__x86_64__)
+  if (detected_isa() >= IsaLevel::Avx2) versions.push_back({"avx2", {detail::quantize_q4g32_row_avx2, detail::quantize_q4k_row_avx2}});
+  if (detected_isa() >= IsaLevel::Avx512Vnni)
+    versions.push_back({"avx512", {detail::quantize_q4g32_row_avx512, detail::quantize_q4k_row_avx512}});
+#elif defined(__aarch64__)
+  versions.push_back({"neon", {detail::quantize_q4g32_row_neon, detail::quantize_q4k_row_neon}});
+#endif
+  const int64_t n = 6, k = 2 * kSuperBlockSize + 3 * kGroupSize + 7;  // 3 super-blocks, the last partial
+  std::vector<float> w = test::random_matrix(n, k, 23, 0.01f, 10.0f);
+  for (int64_t i = 0; i < kGroupSize; ++i) w[1 * k + 64 + i] = 0.0f;     // an all-zero group
+  for (int64_t i = 0; i < kGroupSize; ++i) w[2 * k + 288 + i] = 0.003f;  // a constant sub-block
+  const int64_t groups = (k + kGroupSize - 1) / kGroupSize, supers = q4k_super_blocks(k);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = w.data() + r * k;
+    std::vector<int8_t> q_ref(static_cast<size_t>(groups * kGroupSize), 0);
+    std::vector<float> d_ref(static_cast<size_t>(groups));
+    std::vector<Q4kSuperBlock> b_ref(static_cast<size_t>(supers));
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t begin = g * kGroupSize;
+      d_ref[g] = quantize_q4(row + begin, std::min<int64_t>(kGroupSize, k - begin), true, q_ref.data() + begin);
+    }
+    for (int64_t s = 0; s < supers; ++s) {
+      const int64_t begin = s * kSuperBlockSize;
+      b_ref[s] = quantize_q4k_super_block(row + begin, std::min<int64_t>(kSuperBlockSize, k - begin));
+    }
+    for (const auto& [name, fns] : versions) {
+      std::vector<int8_t> q(q_ref.size(), 0);
+      std::vector<float> d(d_ref.size());
+      std::vector<Q4kSuperBlock> b(b_ref.size());
+      fns.first(row, k, q.data(), d.data());
+      fns.second(row, k, b.data());
+      EXPECT_EQ(q, q_ref) << name << " row " << r;
+      EXPECT_EQ(std::memcmp(d.data(), d_ref.data(), d.size() * sizeof(float)), 0) << name << " row " << r;
+      EXPECT_EQ(std::memcmp(b.data(), b_ref.data(), b.size() * sizeof(Q4kSuperBlock)), 0) << name << " row " << r;
+    }
+  }
 }
 
 }  // namespace

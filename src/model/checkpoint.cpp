@@ -88,6 +88,7 @@ void reorder_qk_to_rotate_half(Checkpoint& ck) {
   for (int l = 0; l < c.n_layers; ++l)
     for (auto [name, heads] : {std::pair{"self_attn.q_proj.weight", c.n_heads}, {"self_attn.k_proj.weight", c.n_kv_heads}}) {
       torch::Tensor& w = ck.tensors.at(layer_tensor(l, name));
+      if (w.is_meta()) continue;  // deferred: its decoder reorders it
       torch::Tensor reordered = interleaved_to_rotate_half(w, heads);
       ck.release_pages(w);
       w = reordered;
@@ -108,7 +109,21 @@ torch::Tensor Checkpoint::take(const std::string& name) {
   if (it == tensors.end()) throw std::runtime_error(path + ": missing tensor " + name);
   torch::Tensor t = std::move(it->second);
   tensors.erase(it);
+  if (auto d = deferred.find(name); d != deferred.end()) {
+    const Deferred later = std::move(d->second);
+    deferred.erase(d);
+    return later.decode();
+  }
   return t;
+}
+
+torch::Tensor Checkpoint::take_packed_q4k(const std::string& name) {
+  auto d = deferred.find(name);
+  if (d == deferred.end() || !d->second.pack_q4k_exactly) return {};
+  const Deferred later = std::move(d->second);
+  deferred.erase(d);
+  tensors.erase(name);
+  return later.pack_q4k_exactly();
 }
 
 const torch::Tensor& Checkpoint::get(const std::string& name) const {

@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -33,9 +34,20 @@ struct Checkpoint {
   // it is taken, so an 8B-shaped model never exists unpacked all at once.
   std::map<std::string, std::vector<int64_t>> lazy_shapes;
   uint64_t lazy_seed = 0;
+  // Tensors decoded only when taken (GGUF quantized tensors): `tensors` holds a meta tensor
+  // of the shape (validate() sees it), take() decodes; take_packed_q4k() packs a tensor whose
+  // blocks map exactly onto q4k without decoding it at all. So a quantized model is never
+  // decoded all at once.
+  struct Deferred {
+    std::function<torch::Tensor()> decode;           // the fp32 tensor
+    std::function<torch::Tensor()> pack_q4k_exactly;  // an int4_pack blob (q4k), or empty
+  };
+  std::map<std::string, Deferred> deferred;
 
   // Takes a tensor out of the map (throws naming the tensor if missing).
   torch::Tensor take(const std::string& name);
+  // If `name` is deferred and packs exactly into q4k: takes it as a packed blob (else undefined).
+  torch::Tensor take_packed_q4k(const std::string& name);
   const torch::Tensor& get(const std::string& name) const;
   // Drops the pages of a mapped tensor we no longer need, so they leave our RSS.
   void release_pages(const torch::Tensor& t) const;

@@ -55,5 +55,8 @@ void register_exact_q4k(const torch::Tensor& dequantized, ExactQ4kSource source)
 std::unique_ptr<ExactQ4kSource> take_exact_q4k(const torch::Tensor& w);
 // Packs rows [row_begin, row_end) of `source` into `packed` (q4k) exactly.
 void pack_exact_q4k(const ExactQ4kSource& source, kernels::PackedWeights& packed, int64_t row_begin, int64_t row_end);
+// The whole tensor as an int4_pack q4k blob (header + packed weights), never in float
+// (src/model/int4_ops.cpp, which owns the blob format).
+torch::Tensor pack_q4k_blob(const ExactQ4kSource& source);
 
 }  // namespace cpuchat::gguf

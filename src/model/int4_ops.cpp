@@ -35,6 +35,17 @@ kn::PackedWeights view_of(const torch::Tensor& packed) {
   return kn::PackedWeights::view(header, packed.data_ptr<uint8_t>() + kHeaderBytes);
 }
 
+// The packed tensor of `w`: header + blob (w's scratch is freed).
+torch::Tensor blob_of(kn::PackedWeights w) {
+  torch::Tensor out = torch::empty({kHeaderBytes + int64_t(w.byte_size())}, torch::kUInt8);
+  std::memset(out.data_ptr<uint8_t>(), 0, kHeaderBytes);
+  std::memcpy(out.data_ptr<uint8_t>(), &w.header(), sizeof(kn::PackedHeader));
+  std::memcpy(out.data_ptr<uint8_t>() + kHeaderBytes, w.data(), w.byte_size());
+  w = kn::PackedWeights();
+  malloc_trim(0);  // give the scratch back to the OS now, so loading an 8B model stays small
+  return out;
+}
+
 torch::Tensor int4_pack_op(const torch::Tensor& weight, c10::string_view scheme_name) {
   TORCH_CHECK(weight.dim() == 2, "int4_pack: weight must be 2-D [N, K]");
   TORCH_CHECK(scheme_name == "q4c" || scheme_name == "q4g32" || scheme_name == "q4k",
@@ -58,13 +69,7 @@ torch::Tensor int4_pack_op(const torch::Tensor& weight, c10::string_view scheme_
     else
       w.pack_rows(src.data_ptr<float>() + r0 * k, k, r0, r1);
   });
-  torch::Tensor out = torch::empty({kHeaderBytes + int64_t(w.byte_size())}, torch::kUInt8);
-  std::memset(out.data_ptr<uint8_t>(), 0, kHeaderBytes);
-  std::memcpy(out.data_ptr<uint8_t>(), &w.header(), sizeof(kn::PackedHeader));
-  std::memcpy(out.data_ptr<uint8_t>() + kHeaderBytes, w.data(), w.byte_size());
-  w = kn::PackedWeights();
-  malloc_trim(0);  // give the scratch back to the OS now, so loading an 8B model stays small
-  return out;
+  return blob_of(std::move(w));
 }
 
 torch::Tensor int4_linear_op(const torch::Tensor& x_in, const torch::Tensor& packed) {
@@ -124,6 +129,15 @@ torch::Tensor int4_pack(const torch::Tensor& weight, QuantScheme quant) {
                        .findSchemaOrThrow("cpuchat::int4_pack", "")
                        .typed<torch::Tensor(const torch::Tensor&, c10::string_view)>();
   return op.call(weight, quant_name(quant));
+}
+
+torch::Tensor gguf::pack_q4k_blob(const ExactQ4kSource& source) {
+  kn::PackedWeights w = kn::PackedWeights::allocate(source.n, source.k, kn::Scheme::Q4K);
+  const int64_t align = w.row_alignment(), blocks = (source.n + align - 1) / align;
+  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+    gguf::pack_exact_q4k(source, w, b0 * align, std::min(source.n, b1 * align));
+  });
+  return blob_of(std::move(w));
 }
 
 std::unique_ptr<Linear> make_int4_linear(torch::Tensor packed) {

@@ -1,7 +1,7 @@
 // GGUF (v2/v3) files of the llama architecture with float tensors (F32, F16, BF16) or
-// quantized ones (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K: decoded to fp32 by
-// gguf_quant.cpp; Q4_K tensors also keep their blocks for an exact q4k repack), and the
-// tokenizer they embed. The header is parsed (and every tensor range checked) by parse_gguf;
+// quantized ones (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K: deferred, decoded to fp32
+// by gguf_quant.cpp one tensor at a time as the model takes it; Q4_K tensors pack into q4k
+// from their blocks), and the tokenizer they embed. The header is parsed (and every tensor range checked) by parse_gguf;
 // here float tensors become views into the mmap.
 #include <spdlog/spdlog.h>
 
@@ -17,10 +17,18 @@ namespace {
 
 [[noreturn]] void fail(const std::string& file, const std::string& what) { throw std::runtime_error(file + ": " + what); }
 
-// For every Q4_K tensor, tells the int4 packer where its blocks are (and, for q/k, which block
-// row each reordered row came from), so q4k can repack it without a float round trip.
-void register_exact_q4k_sources(Checkpoint& ck, const GgufFile& g, const TensorNaming& names,
-                                const std::shared_ptr<MappedFile>& mf) {
+// Row r of a q/k tensor reordered to rotate-half comes from row order[r] of the file.
+std::vector<int64_t> rotate_half_row_order(int64_t rows, int heads) {
+  torch::Tensor index = torch::arange(rows, torch::kFloat64).view({rows, 1});
+  torch::Tensor order = interleaved_to_rotate_half(index, heads).view({-1}).to(torch::kInt64);
+  return std::vector<int64_t>(order.data_ptr<int64_t>(), order.data_ptr<int64_t>() + rows);
+}
+
+// Every quantized tensor is deferred (Checkpoint::deferred): decoded to fp32 when the model
+// takes it, the file's pages of its blocks dropped after; a Q4_K tensor packs into q4k from
+// its own blocks without any float. q/k rows are reordered like the float ones.
+void defer_quantized_tensors(Checkpoint& ck, const GgufFile& g, const TensorNaming& names,
+                             const std::shared_ptr<MappedFile>& mf) {
   const ModelConfig& c = ck.config;
   std::map<std::string, std::pair<std::string, int>> hf_of = {{names.embed, {"model.embed_tokens.weight", 0}},
                                                              {names.head, {"lm_head.weight", 0}}};
@@ -30,16 +38,35 @@ void register_exact_q4k_sources(Checkpoint& ck, const GgufFile& g, const TensorN
           layer_tensor(l, kLayerTensorSuffixes[i]), i == 2 ? c.n_heads : i == 3 ? c.n_kv_heads : 0};
   for (const GgufTensorInfo& t : g.tensors) {
     auto it = hf_of.find(t.name);
-    if (t.type != gguf::kQ4_K || it == hf_of.end() || !ck.tensors.count(it->second.first)) continue;
-    const torch::Tensor& w = ck.tensors.at(it->second.first);
-    if (w.dim() != 2) continue;
-    gguf::ExactQ4kSource src{mf, mf->data() + g.data_start + t.offset, w.size(0), w.size(1), {}};
-    if (int heads = it->second.second; heads > 0) {  // rows were reordered like the weights
-      torch::Tensor rows = torch::arange(w.size(0), torch::kFloat64).view({w.size(0), 1});
-      torch::Tensor order = interleaved_to_rotate_half(rows, heads).view({-1}).to(torch::kInt64);
-      src.source_row.assign(order.data_ptr<int64_t>(), order.data_ptr<int64_t>() + w.size(0));
+    if (gguf::quant_type(t.type) == nullptr || it == hf_of.end() || !ck.tensors.count(it->second.first)) continue;
+    const std::vector<int64_t> shape = ck.tensors.at(it->second.first).sizes().vec();
+    const int64_t k = shape.back(), n = int64_t(t.bytes / gguf::quantized_bytes(t.type, 1, k, t.name));
+    const int heads = it->second.second;
+    const uint8_t* data = mf->data() + g.data_start + t.offset;
+    const uint32_t type = t.type;
+    const uint64_t bytes = t.bytes;
+    auto exact_source = [=] {
+      gguf::ExactQ4kSource src{mf, data, n, k, {}};
+      if (heads > 0) src.source_row = rotate_half_row_order(n, heads);
+      return src;
+    };
+    Checkpoint::Deferred d;
+    d.decode = [=] {
+      torch::Tensor w = gguf::dequantize(type, data, n, k).view(shape);
+      if (heads > 0) w = interleaved_to_rotate_half(w, heads);
+      // int4_pack with q4k still repacks these exact blocks (e.g. a tied embedding taken as floats).
+      if (type == gguf::kQ4_K && w.dim() == 2) gguf::register_exact_q4k(w, exact_source());
+      mf->release(data, bytes);
+      return w;
+    };
+    if (type == gguf::kQ4_K && shape.size() == 2) {
+      d.pack_q4k_exactly = [=] {
+        torch::Tensor packed = gguf::pack_q4k_blob(exact_source());
+        mf->release(data, bytes);
+        return packed;
+      };
     }
-    gguf::register_exact_q4k(w, std::move(src));
+    ck.deferred[it->second.first] = std::move(d);
   }
 }
 
@@ -84,9 +111,9 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
   std::map<std::string, torch::Tensor> raw;
   std::map<std::string, int> quantized_counts;
   for (const GgufTensorInfo& t : g.tensors) {
-    if (const gguf::QuantType* q = gguf::quant_type(t.type)) {  // decoded to fp32
-      const int64_t row = t.shape.back(), rows = row > 0 ? int64_t(t.bytes / gguf::quantized_bytes(t.type, 1, row, t.name)) : 0;
-      raw[t.name] = gguf::dequantize(t.type, mf->data() + g.data_start + t.offset, rows, row).view(t.shape);
+    if (const gguf::QuantType* q = gguf::quant_type(t.type)) {  // deferred: decoded when taken
+      if (t.shape.back() > 0) gguf::quantized_bytes(t.type, 1, t.shape.back(), t.name);  // checks the row length now
+      raw[t.name] = torch::empty(t.shape, torch::TensorOptions().dtype(torch::kFloat32).device(torch::kMeta));
       quantized_counts[q->name]++;
       continue;
     }
@@ -116,11 +143,12 @@ Checkpoint load_gguf_checkpoint(const std::string& file) {
   ck.validate();
   reorder_qk_to_rotate_half(ck);  // llama.cpp's converter stores q/k in interleaved-pair order
   if (!quantized_counts.empty()) {
-    register_exact_q4k_sources(ck, g, kGgufNames, mf);
+    defer_quantized_tensors(ck, g, kGgufNames, mf);
     std::string counts;
     for (const auto& [name, count] : quantized_counts) counts += " " + name + " x" + std::to_string(count);
-    spdlog::info("{}: quantized tensors:{} decoded to fp32 (the int4 backend requantizes them to its scheme; "
-                 "Q4_K with --quant q4k is repacked exactly, without the float round trip)",
+    spdlog::info("{}: quantized tensors:{} decoded to fp32 one at a time as the model takes them (the int4 "
+                 "backend requantizes them to its scheme; Q4_K with --quant q4k is repacked exactly from its "
+                 "blocks, never in float)",
                  file, counts);
   }
 

@@ -53,7 +53,19 @@ Model::Model(Checkpoint ck, Backend backend, QuantScheme quant, PackedCache* pac
     }
     return make_int4_linear(packed);
   };
+  // A deferred GGUF Q4_K tensor with q4k packs from its own blocks, never decoded to float.
+  auto exact_q4k = [&](const std::string& name) -> std::unique_ptr<Linear> {
+    if (backend != Backend::INT4 || quant != QuantScheme::Q4K || !ck.deferred.count(name)) return nullptr;
+    if (packed_cache && packed_cache->find(name).defined()) return nullptr;  // the cache has it
+    const int64_t numel = ck.get(name).numel();
+    torch::Tensor packed = ck.take_packed_q4k(name);
+    if (!packed.defined()) return nullptr;
+    n_params_ += numel;
+    if (packed_cache) packed_cache->record(name, packed);
+    return make_int4_linear(packed);
+  };
   auto linear = [&](const std::string& name) {
+    if (std::unique_ptr<Linear> exact = exact_q4k(name)) return exact;
     torch::Tensor w = ck.take(name);
     n_params_ += w.numel();
     std::unique_ptr<Linear> lin = make_linear(name, w);
@@ -81,19 +93,23 @@ Model::Model(Checkpoint ck, Backend backend, QuantScheme quant, PackedCache* pac
   }
   final_norm_ = norm("model.norm.weight");
 
+  const bool embed_decoded = ck.deferred.count("model.embed_tokens.weight") > 0;  // a quantized GGUF table
   torch::Tensor embed = ck.take("model.embed_tokens.weight");
   n_params_ += embed.numel();
   if (c.tied_embeddings) {
     head_ = make_linear("lm_head.weight", embed);
-  } else {
+  } else if (!(head_ = exact_q4k("lm_head.weight"))) {
     torch::Tensor head = ck.take("lm_head.weight");
     n_params_ += head.numel();
     head_ = make_linear("lm_head.weight", head);
     if (backend == Backend::INT4 || head.scalar_type() != torch_dtype(backend)) ck.release_pages(head);
   }
   // The embedding table is only gathered from, a row per token: fp32 runs keep an fp32
-  // copy, the others read the mapped rows as they are.
-  embed_ = backend == Backend::FP32 ? embed.to(torch::kFloat32).contiguous() : embed;
+  // copy, the others read the mapped rows as they are (a table decoded from a quantized file:
+  // as bf16, half the memory of its fp32 decode).
+  embed_ = backend == Backend::FP32 ? embed.to(torch::kFloat32).contiguous()
+           : embed_decoded          ? embed.to(torch::kBFloat16)
+                                    : embed;
   files_ = ck.files;
 
   rope_inv_freq_ = rope_inv_freq(c);

@@ -3,6 +3,7 @@
 #pragma once
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@ namespace cpuchat::test {
 struct ProcessResult {
   int exit_code = -1;
   std::string out, err;
+  long max_rss_kb = 0;  // the child's peak resident set (getrusage ru_maxrss)
 };
 
 // Cross builds (CMAKE_CROSSCOMPILING_EMULATOR, e.g. "qemu-aarch64|-L|<sysroot>") start the
@@ -77,7 +79,9 @@ inline ProcessResult run_process(const std::vector<std::string>& command, const 
     }
   }
   int status = 0;
-  waitpid(pid, &status, 0);
+  rusage usage{};
+  wait4(pid, &status, 0, &usage);
+  r.max_rss_kb = usage.ru_maxrss;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
 }

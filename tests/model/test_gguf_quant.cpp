@@ -455,9 +455,9 @@ TEST_F(GgufQuant, BlockTypesDecodeExactlyOnTheTrainedModel) {
   EXPECT_LT(rel_rms(l_int4, lf), 2 * rel_rms(l_int4_orig, l_orig));
 }
 
-// A random model with rows of 256 and 512 values, in Q4_K, Q5_K and Q6_K.
-Gguf random_k_model(const Gguf& tokenizer_source, Gguf* decoded) {
-  const int dim = 256, hidden = 512, layers = 2, heads = 4, kv_heads = 2, vocab = 512;
+// A random model with rows of 256 and 512 values (by default), in Q4_K, Q5_K and Q6_K.
+Gguf random_k_model(const Gguf& tokenizer_source, Gguf* decoded, int dim = 256, int hidden = 512, int layers = 2) {
+  const int heads = 4, kv_heads = 2, vocab = 512;
   Gguf g;
   g.kv = {kv_str("general.architecture", "llama"), kv_u32("llama.embedding_length", dim),
           kv_u32("llama.feed_forward_length", hidden), kv_u32("llama.block_count", layers),
@@ -552,6 +552,44 @@ TEST_F(GgufQuant, KQuantsDecodeExactlyAndQ4kRepacksWithoutFloats) {
   std::cout << "random K-quant model: rel. RMS logit difference vs fp32(decoded): q4k exact " << rel_rms(l_q4k, lf)
             << ", q4g32 requantized " << rel_rms(l_g32, lf) << "\n";
   EXPECT_LT(rel_rms(l_q4k, lf), 0.6 * rel_rms(l_g32, lf));
+}
+
+// Quantized tensors are decoded one at a time as the model takes them (Q4_K with q4k not at
+// all), so loading a quantized file costs about the packed model plus one decoded tensor, not
+// the fp32 model (which the loader used to decode whole: 4x the packed bytes and more).
+// Measured as the peak RSS of `cpuchat generate` on a 60M-parameter file against the same
+// command on the small one (the process's own baseline: libtorch, tokenizer, threads).
+TEST_F(GgufQuant, QuantizedFilesLoadOneTensorAtATime) {
+#if defined(CPUCHAT_TEST_EMULATOR)
+  GTEST_SKIP() << "under an emulator the peak RSS is the emulator's";
+#endif
+  const Gguf tok = read_gguf(kShared + "/models/gguf/stories260K.gguf");
+  Gguf small_decoded, big_decoded;
+  write_gguf(dir_ / "small.gguf", random_k_model(tok, &small_decoded));
+  const int dim = 1024, hidden = 4096, layers = 4;
+  write_gguf(dir_ / "big.gguf", random_k_model(tok, &big_decoded, dim, hidden, layers));
+  int64_t fp32_bytes = 0, largest_fp32 = 0;
+  for (const auto& t : big_decoded.tensors) {
+    fp32_bytes += int64_t(t.data.size());
+    largest_fp32 = std::max<int64_t>(largest_fp32, int64_t(t.data.size()));
+  }
+  auto peak_kb = [&](const fs::path& file) {
+    const auto r = test::run_process({CPUCHAT_BINARY, "generate", "--model", file.string(), "--ids", "1,403,407",
+                                      "--max-tokens", "2", "--backend", "int4", "--quant", "q4k", "--threads", "2"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.max_rss_kb;
+  };
+  const int64_t grown = (peak_kb(dir_ / "big.gguf") - peak_kb(dir_ / "small.gguf")) * 1024;
+  // The packed model is at most the file's size (4.5-bit q4k from 4.5-bit Q4_K, 6.6-bit Q6_K
+  // and 5.5-bit Q5_K requantized to 4.5), plus one fp32 tensor being decoded and packed (its
+  // scratch blob too), plus 64 MiB for allocator slack: still well below the fp32 model.
+  const int64_t file_bytes = int64_t(fs::file_size(dir_ / "big.gguf"));
+  const int64_t bound = file_bytes + 2 * largest_fp32 + (int64_t{64} << 20);
+  std::cout << "60M-parameter K-quant GGUF: peak RSS grows by " << grown / (1 << 20) << " MiB (file "
+            << file_bytes / (1 << 20) << " MiB, fp32 model " << fp32_bytes / (1 << 20) << " MiB, bound "
+            << bound / (1 << 20) << " MiB)\n";
+  ASSERT_LT(bound, fp32_bytes);  // the bound tells streaming from decoding everything
+  EXPECT_LT(grown, bound);
 }
 
 // tokenizer.chat_template picks the chat family: the 512-piece TinyStories vocabulary alone

@@ -25,9 +25,11 @@ float quantize_q4_absmax(const float* w, int64_t count, bool bf16_scale, int8_t*
 // Q4K (Q4_K arithmetic) quantization of one row's super-block of up to 256 values (the rest
 // are zero padding): w ~= d * sc[j] * q - dmin * m[j] for sub-block j = i / 32.
 // (struct Q4kSuperBlock: int4_matmul.h)
-// Per sub-block, scale and min minimize sum c_i (w_i - (s q_i - m))^2 (c_i = rms + |w_i|, the
-// search of llama.cpp's make_qkx2_quants); then sc/m are rounded to 6 bits against the fp16-
-// rounded d/dmin and q is requantized against the final values.
+// Per sub-block, scale and min minimize sum c_i (w_i - (s q_i - m))^2 (c_i = sqrt(rms^2 + w_i^2),
+// the search of llama.cpp's make_qkx2_quants); then sc/m are rounded to 6 bits against the
+// fp16-rounded d/dmin (floor or ceil, whichever requantizes better), and twice (d, dmin) are
+// re-solved by weighted least squares for the chosen integers and q re-rounded, kept if the
+// super-block's error drops.
 Q4kSuperBlock quantize_q4k_super_block(const float* w, int64_t count);
 // fp32 values the kernels multiply by (one fp32 product each).
 inline float q4k_effective_scale(uint16_t d, uint8_t sc) { return fp16_to_float(d) * static_cast<float>(sc); }

@@ -1,0 +1,12 @@
+// Q4G32 weight quantizer (scale search), 16 groups in lockstep (one vector), AVX-512 (compiled with -mavx512f -mprefer-vector-width=512; no FMA: -ffp-contract=off).
+// Bit-identical to quantize_q4g32_row_scalar: the same lane code (quantize_weights_lanes.h).
+#include "quantize.h"
+#include "quantize_weights_lanes.h"
+
+namespace cpuchat::kernels::detail {
+
+void quantize_q4g32_row_avx512(const float* row, int64_t k, int8_t* q, float* scales) {
+  q4g32_row_lanes<16>(row, k, q, scales);
+}
+
+}  // namespace cpuchat::kernels::detail
