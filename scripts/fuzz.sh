@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (fuzz/, clang + ASan + UBSan, no libtorch) into build-fuzz/
-# and runs each for SECONDS (default 30), after replaying the inputs it once crashed on
+# and runs each for SECONDS (default 30; one target per core at a time), after replaying the inputs it once crashed on
 # (fuzz/regressions/<target>/). Any finding fails the script; the crashing input is left in
 # build-fuzz/findings/<target>/ to be kept as a regression.
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
@@ -35,12 +35,11 @@ seed tokenizer_files "$shared/models/llama2c/tok512.bin" 01
 seed tokenizer_files "$shared/models/llama2c/tok512.model" 02
 seed tokenizer_files "$shared/models/llama2c/tokenizer.model" 02
 
-status=0
-for t in "${targets[@]}"; do
-  bin="build-fuzz/fuzz/fuzz_$t"
+fuzz_one() {  # fuzz_one TARGET: replays its kept regressions, then fuzzes; prints one verdict, exits 1 on a finding
+  local t=$1 bin="build-fuzz/fuzz/fuzz_$1"
   if [[ -d "fuzz/regressions/$t" ]] && compgen -G "fuzz/regressions/$t/*" >/dev/null; then
     if ! "$bin" -runs=0 fuzz/regressions/"$t"/* >"build-fuzz/findings/$t/regressions.log" 2>&1; then
-      echo "fuzz $t: a kept regression input fails again:"; tail -30 "build-fuzz/findings/$t/regressions.log"; status=1; continue
+      echo "fuzz $t: a kept regression input fails again:"; tail -30 "build-fuzz/findings/$t/regressions.log"; return 1
     fi
   fi
   # -rss_limit_mb: a parser must not need more; -timeout: nor hang on one input.
@@ -49,7 +48,17 @@ for t in "${targets[@]}"; do
     echo "fuzz $t: ${seconds}s, $(grep -o 'stat::number_of_executed_units: [0-9]*' "build-fuzz/findings/$t/run.log" | grep -o '[0-9]*$') runs, no findings"
   else
     echo "fuzz $t: FINDING (input kept in build-fuzz/findings/$t/):"; grep -A25 "ERROR\|runtime error\|deadly signal" "build-fuzz/findings/$t/run.log" | head -40
-    status=1
+    return 1
   fi
+}
+
+# One target per core at a time (each fuzzer is single-threaded); verdicts print as targets finish.
+pids=()
+for t in "${targets[@]}"; do
+  while (( $(jobs -rp | wc -l) >= $(nproc) )); do wait -n || true; done
+  fuzz_one "$t" &
+  pids+=($!)
 done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done  # bash keeps each job's status until waited for
 exit $status

@@ -98,6 +98,12 @@ kernel_tests() {  # kernel_tests CPU_MODEL CPUCHAT_ISA_VALUE LABEL
   count "$passed" "$failed"
   paths+=("kernels $3")
 }
+echo "== ISA objects export only their kernels (nm on the NEON objects)"
+if (cd "$BUILD" && ctest -R isa_objects_sealed --output-on-failure >"$BUILD/isa-objects.log" 2>&1); then
+  echo "   ok"; count 1 0
+else
+  tail -20 "$BUILD/isa-objects.log"; count 0 1
+fi
 kernel_tests max "" "i8mm + dotprod + scalar"
 kernel_tests max dotprod "dotprod as the best level"
 kernel_tests cortex-a72 "" "scalar: a CPU without dotprod"

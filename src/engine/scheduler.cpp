@@ -382,12 +382,18 @@ void Scheduler::finish(int s, const char* reason) {
   wake_.notify_all();
 }
 
+// Prompt rows a step carries beside the decode rows, whatever the budget: when the decode rows
+// alone fill --step-budget-ms (a big model, a loaded machine), a waiting prompt still moves,
+// and the running streams' gap grows by this many rows at most.
+constexpr int kMinPrefillRows = 16;
+
 int Scheduler::prefill_budget(int decode_rows) const {
   const int cap = std::max(1, opts_.batch_tokens - decode_rows);
   if (decode_rows == 0) return cap;  // nobody is waiting for a token: the biggest chunk
-  if (ms_per_prefill_row_ <= 0) return std::min(cap, 16);
+  const int floor = std::min(cap, kMinPrefillRows);
+  if (ms_per_prefill_row_ <= 0) return floor;
   const double rows = (opts_.step_budget_ms - base_ms_) / ms_per_prefill_row_;
-  return std::clamp(int(rows), 1, cap);
+  return std::clamp(rows < double(cap) ? int(rows) : cap, floor, cap);
 }
 
 void Scheduler::loop() {

@@ -161,6 +161,26 @@ TEST(Scheduler, ChunkedPrefillKeepsDecodingStreamsGoing) {
   EXPECT_GE(prefill_steps, 200 / 8);
 }
 
+// A step budget the decode rows alone exceed (8B on a loaded machine): the prompt still
+// advances by a floor of rows per step instead of one row per step.
+TEST(Scheduler, ChunkedPrefillProgressesWhenDecodeAloneExceedsTheBudget) {
+  ScriptedStepModel model(2, 512, 4);  // every step takes 4 ms
+  ByteTokenizer tok;
+  BatchOptions b = batch(2);
+  b.step_budget_ms = 1;
+  Scheduler sched(model, &tok, b);
+  auto running = sched.submit(request("a: "));
+  while (model.steps().size() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const size_t steps_before = model.steps().size();
+  auto newcomer = sched.submit(request(std::string(200, 'z') + ": ", 3));
+  EXPECT_EQ(newcomer->wait().text, "Onc");
+  const size_t steps = model.steps().size() - steps_before;
+  running->cancel();
+  // 203 prompt tokens at >= 16 rows a step: 13 steps, then 2 more for the 3 tokens (one row a
+  // step would take over 200).
+  EXPECT_LE(steps, 13u + 2u + 1u);
+}
+
 TEST(Scheduler, QueueIsBoundedAndFifo) {
   ScriptedStepModel model(1, 256, 2);
   ByteTokenizer tok;
