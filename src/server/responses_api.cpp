@@ -369,7 +369,8 @@ std::string ResponsesStream::event(const char* type, json data) {
 
 std::string ResponsesStream::start() {
   const json r = response_object(t_, h_, "in_progress", json::array(), nullptr, nullptr);
-  return event("response.created", {{"response", r}}) + event("response.in_progress", {{"response", r}});
+  std::string out = event("response.created", {{"response", r}});  // two statements: numbered in order
+  return out + event("response.in_progress", {{"response", r}});
 }
 
 std::string ResponsesStream::push(const json& chat_chunk) {
