@@ -71,7 +71,7 @@ void run_matmul(benchmark::State& state, int64_t m, int64_t n, int64_t k, Scheme
     state.SkipWithError("ISA level not supported on this CPU");
     return;
   }
-  const WeightSet& ws = weights(n, k, scheme, layout_for_isa(level), m == 1);
+  const WeightSet& ws = weights(n, k, scheme, layout_for_isa(level), m <= 8);
   std::vector<float> x(static_cast<size_t>(m * k)), y(static_cast<size_t>(m * n));
   std::mt19937 rng(99);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -93,7 +93,7 @@ void run_matmul(benchmark::State& state, int64_t m, int64_t n, int64_t k, Scheme
     benchmark::ClobberMemory();
   }
   const double calls = static_cast<double>(state.iterations());
-  if (m == 1) {
+  if (m <= 8) {  // decode (one or a batch of streams): bound by streaming the weights
     state.counters["GB/s"] = benchmark::Counter(calls * ws.copies[0].byte_size() / 1e9, benchmark::Counter::kIsRate);
   }
   state.counters["GOPS"] = benchmark::Counter(calls * 2.0 * m * n * k / 1e9, benchmark::Counter::kIsRate);
@@ -180,12 +180,14 @@ int main(int argc, char** argv) {
           ->UseRealTime();
     }
   }
-  for (int64_t m : {1, 128}) {
+  // m = 1: one stream's decode; m = 8: a batched decode step of 8 streams; m = 128: a prompt chunk.
+  auto family = [](int64_t m) { return m == 1 ? std::string("gemv_m1/") : "gemm_m" + std::to_string(m) + "/"; };
+  for (int64_t m : {1, 8, 128}) {
     for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C, Scheme::Q4K}) {
       for (const Shape& sh : llama8b) {
         for (IsaLevel level : levels) {
           for (int threads : {1, 2}) {
-            const std::string name = std::string(m == 1 ? "gemv_m1/" : "gemm_m128/") + scheme_name(scheme) + "/" +
+            const std::string name = family(m) + scheme_name(scheme) + "/" +
                                      sh.name + "/" + isa_name(level) + "/threads:" + std::to_string(threads);
             benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
               run_matmul(s, m, sh.n, sh.k, scheme, level, threads);
@@ -195,7 +197,7 @@ int main(int argc, char** argv) {
       }
       // The scalar level is slow: one small shape only.
       for (int threads : {1, 2}) {
-        const std::string name = std::string(m == 1 ? "gemv_m1/" : "gemm_m128/") + scheme_name(scheme) +
+        const std::string name = family(m) + scheme_name(scheme) +
                                  "/small_1024x1024/scalar(slow)/threads:" + std::to_string(threads);
         benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
           run_matmul(s, m, 1024, 1024, scheme, IsaLevel::Scalar, threads);

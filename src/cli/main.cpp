@@ -7,6 +7,7 @@
 #include <string>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/cfg/env.h>
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
   // Logs go to stderr: stdout carries the commands' output (--json, tokens).
   spdlog::set_default_logger(spdlog::stderr_color_mt("cpuchat"));
+  spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=debug|trace (trace: one line per forward step)
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
     fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

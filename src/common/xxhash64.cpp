@@ -17,27 +17,48 @@ inline uint64_t merge(uint64_t acc, uint64_t v) { return (acc ^ round(0, v)) * k
 
 }  // namespace
 
-uint64_t xxhash64(const void* data, size_t len, uint64_t seed) {
+Xxhash64Stream::Xxhash64Stream(uint64_t seed)
+    : seed_(seed), v_{seed + kP1 + kP2, seed + kP2, seed, seed - kP1} {}
+
+void Xxhash64Stream::update(const void* data, size_t len) {
   const uint8_t* p = static_cast<const uint8_t*>(data);
   const uint8_t* const end = p + len;
-  uint64_t h;
-  if (len >= 32) {
-    // Four independent lanes over 32-byte stripes: the multiplies overlap in the pipeline.
-    uint64_t v1 = seed + kP1 + kP2, v2 = seed + kP2, v3 = seed, v4 = seed - kP1;
-    const uint8_t* const last_stripe = end - 32;
-    do {
-      v1 = round(v1, read64(p));
-      v2 = round(v2, read64(p + 8));
-      v3 = round(v3, read64(p + 16));
-      v4 = round(v4, read64(p + 24));
-      p += 32;
-    } while (p <= last_stripe);
-    h = rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18);
-    h = merge(merge(merge(merge(h, v1), v2), v3), v4);
-  } else {
-    h = seed + kP5;
+  total_ += len;
+  if (buffered_ + len < 32) {  // not a whole stripe yet
+    std::memcpy(buffer_ + buffered_, p, len);
+    buffered_ += len;
+    return;
   }
-  h += uint64_t(len);
+  auto stripe = [this](const uint8_t* s) {
+    // Four independent lanes over 32-byte stripes: the multiplies overlap in the pipeline.
+    v_[0] = round(v_[0], read64(s));
+    v_[1] = round(v_[1], read64(s + 8));
+    v_[2] = round(v_[2], read64(s + 16));
+    v_[3] = round(v_[3], read64(s + 24));
+  };
+  if (buffered_ > 0) {  // complete the carried stripe
+    const size_t fill = 32 - buffered_;
+    std::memcpy(buffer_ + buffered_, p, fill);
+    stripe(buffer_);
+    p += fill;
+    buffered_ = 0;
+  }
+  for (; p + 32 <= end; p += 32) stripe(p);
+  buffered_ = size_t(end - p);
+  std::memcpy(buffer_, p, buffered_);
+}
+
+uint64_t Xxhash64Stream::digest() const {
+  uint64_t h;
+  if (total_ >= 32) {
+    h = rotl(v_[0], 1) + rotl(v_[1], 7) + rotl(v_[2], 12) + rotl(v_[3], 18);
+    h = merge(merge(merge(merge(h, v_[0]), v_[1]), v_[2]), v_[3]);
+  } else {
+    h = seed_ + kP5;
+  }
+  h += total_;
+  const uint8_t* p = buffer_;
+  const uint8_t* const end = buffer_ + buffered_;
   for (; p + 8 <= end; p += 8) h = rotl(h ^ round(0, read64(p)), 27) * kP1 + kP4;
   if (p + 4 <= end) {
     h = rotl(h ^ (uint64_t(read32(p)) * kP1), 23) * kP2 + kP3;
@@ -50,6 +71,12 @@ uint64_t xxhash64(const void* data, size_t len, uint64_t seed) {
   h *= kP3;
   h ^= h >> 32;
   return h;
+}
+
+uint64_t xxhash64(const void* data, size_t len, uint64_t seed) {
+  Xxhash64Stream s(seed);
+  s.update(data, len);
+  return s.digest();
 }
 
 }  // namespace cpuchat

@@ -9,4 +9,20 @@ namespace cpuchat {
 
 uint64_t xxhash64(const void* data, size_t bytes, uint64_t seed = 0);
 
+// The same hash over data that arrives in pieces (any sizes): update() each piece in order,
+// then digest() equals xxhash64() of the concatenation. Lets a reader hash each chunk while
+// it is still in cache instead of reading a whole blob back from memory.
+class Xxhash64Stream {
+ public:
+  explicit Xxhash64Stream(uint64_t seed = 0);
+  void update(const void* data, size_t bytes);
+  uint64_t digest() const;
+
+ private:
+  uint64_t seed_, total_ = 0;
+  uint64_t v_[4];
+  uint8_t buffer_[32];
+  size_t buffered_ = 0;
+};
+
 }  // namespace cpuchat

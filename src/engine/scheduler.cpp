@@ -7,6 +7,8 @@
 #include <optional>
 #include <random>
 
+#include <spdlog/spdlog.h>
+
 #include "engine/sampler.h"
 
 namespace cpuchat {
@@ -382,17 +384,19 @@ void Scheduler::finish(int s, const char* reason) {
   wake_.notify_all();
 }
 
-// Prompt rows a step carries beside the decode rows, whatever the budget: when the decode rows
-// alone fill --step-budget-ms (a big model, a loaded machine), a waiting prompt still moves,
-// and the running streams' gap grows by this many rows at most.
-constexpr int kMinPrefillRows = 16;
+// Prompt rows a step carries beside the decode rows before the cost model knows better.
+constexpr int kMinPrefillRows = 8;
 
+// Prompt rows for the next step: what fits in --step-budget-ms beside the decode rows, but
+// never less than the decode rows' own time. When the decode rows alone fill the budget (a big
+// model, a loaded machine) a waiting prompt still gets half of each step, so running streams
+// slow down at most 2x and the newcomer's first token does not wait for their answers.
 int Scheduler::prefill_budget(int decode_rows) const {
   const int cap = std::max(1, opts_.batch_tokens - decode_rows);
   if (decode_rows == 0) return cap;  // nobody is waiting for a token: the biggest chunk
   const int floor = std::min(cap, kMinPrefillRows);
   if (ms_per_prefill_row_ <= 0) return floor;
-  const double rows = (opts_.step_budget_ms - base_ms_) / ms_per_prefill_row_;
+  const double rows = std::max(opts_.step_budget_ms - base_ms_, base_ms_) / ms_per_prefill_row_;
   return std::clamp(rows < double(cap) ? int(rows) : cap, floor, cap);
 }
 
@@ -514,6 +518,8 @@ void Scheduler::loop() {
     // Rising costs (a prompt's attention grows with its length) are taken at once, falling
     // ones slowly, so a step overshoots its budget for at most one step.
     auto ema = [](double old, double now) { return old > 0 && now < old ? 0.7 * old + 0.3 * now : now; };
+    spdlog::trace("step: {} decode + {} prompt rows, {:.1f} ms (model: {:.1f} ms + {:.2f} ms/prompt row)", decode_rows,
+                  prefill_rows, step_ms, base_ms_, ms_per_prefill_row_);
     if (prefill_rows == 0) base_ms_ = ema(base_ms_, step_ms);
     else if (prefill_rows >= 4) ms_per_prefill_row_ = ema(ms_per_prefill_row_, std::max(0.001, (step_ms - (decode_rows ? base_ms_ : 0)) / prefill_rows));
 

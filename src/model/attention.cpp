@@ -1,6 +1,6 @@
 // Causal grouped-query attention over a typed KV cache, flash-attention style: keys and
-// values are read in blocks, each block converted to fp32 once and used for a whole tile of
-// query rows (all query heads of one kv head), with an online softmax so no score matrix
+// values are read in blocks, each block converted to fp32 once (keys transposed) and used for
+// a whole tile of query rows (all query heads of one kv head), with an online softmax so no score matrix
 // of the whole context is ever held. Plain loops the compiler vectorizes (AVX-512/AVX2 on
 // x86 through target_clones, NEON on Arm), on libtorch's thread pool. Why not
 // torch::matmul: on Debian, libtorch's fp32 matmul goes to the reference BLAS.
@@ -55,27 +55,75 @@ inline uint16_t float_to_bf16(float f) {  // round to nearest even, as torch doe
   return uint16_t((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
 }
 
-// Rows [first, first + n) of one kv head's keys or values as fp32 in `dst` ([n, hd]);
-// returns where the rows are (in place for fp32).
-const float* rows_fp32(KVType type, const void* base, const float* scales, int64_t first, int64_t n, int64_t hd,
-                       float* dst) {
+// Calls f(row, i, value) for rows [first, first + n) of one kv head, as fp32; the switch on
+// the type is outside the loops.
+template <typename F>
+inline void for_each_fp32(KVType type, const void* base, const float* scales, int64_t first, int64_t n, int64_t hd, F f) {
   switch (type) {
-    case KVType::FP32: return static_cast<const float*>(base) + first * hd;
+    case KVType::FP32: {
+      const float* src = static_cast<const float*>(base) + first * hd;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t i = 0; i < hd; ++i) f(r, i, src[r * hd + i]);
+      break;
+    }
     case KVType::BF16: {
       const uint16_t* src = static_cast<const uint16_t*>(base) + first * hd;
-      for (int64_t i = 0; i < n * hd; ++i) dst[i] = bf16_to_float(src[i]);
-      return dst;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t i = 0; i < hd; ++i) f(r, i, bf16_to_float(src[r * hd + i]));
+      break;
     }
     case KVType::INT8: {
       const int8_t* src = static_cast<const int8_t*>(base) + first * hd;
       for (int64_t r = 0; r < n; ++r) {
-        const float s = scales[first + r];
-        for (int64_t i = 0; i < hd; ++i) dst[r * hd + i] = float(src[r * hd + i]) * s;
+        const float sc = scales[first + r];
+        for (int64_t i = 0; i < hd; ++i) f(r, i, float(src[r * hd + i]) * sc);
       }
-      return dst;
+      break;
     }
   }
-  return nullptr;
+}
+
+// Rows [first, first + n) of one kv head's values as fp32 in `dst` ([n, hd]); returns where
+// the rows are (in place for fp32).
+const float* rows_fp32(KVType type, const void* base, const float* scales, int64_t first, int64_t n, int64_t hd,
+                       float* dst) {
+  if (type == KVType::FP32) return static_cast<const float*>(base) + first * hd;
+  for_each_fp32(type, base, scales, first, n, hd, [&](int64_t r, int64_t i, float x) { dst[r * hd + i] = x; });
+  return dst;
+}
+
+// The same rows of keys transposed to [hd, kKeyBlock] fp32 (missing keys zero), so that the
+// scores of one query row against the whole block are kKeyBlock-wide vector FMAs, one per
+// dimension, with no horizontal sum per key.
+void keys_transposed(KVType type, const void* base, const float* scales, int64_t first, int64_t n, int64_t hd,
+                     float* dst) {
+  for_each_fp32(type, base, scales, first, n, hd, [&](int64_t r, int64_t i, float x) { dst[i * kKeyBlock + r] = x; });
+  for (int64_t i = 0; i < hd; ++i)
+    for (int64_t r = n; r < kKeyBlock; ++r) dst[i * kKeyBlock + r] = 0.0f;
+}
+
+// a[0..hd) += sum over s < n of p[s] * v[s * hd + ...]: with hd a multiple of 64, 64 lanes of
+// the accumulator stay in registers over all the block's values (4 independent FMA chains).
+inline void accumulate_values(float* a, const float* p, const float* v, int64_t n, int64_t hd) {
+  if (hd % 64 != 0) {
+    for (int64_t s = 0; s < n; ++s)
+#pragma omp simd
+      for (int64_t i = 0; i < hd; ++i) a[i] += p[s] * v[s * hd + i];
+    return;
+  }
+  for (int64_t i0 = 0; i0 < hd; i0 += 64) {
+    float t[64];
+#pragma omp simd
+    for (int j = 0; j < 64; ++j) t[j] = a[i0 + j];
+    for (int64_t s = 0; s < n; ++s) {
+      const float ps = p[s];
+      const float* vr = v + s * hd + i0;
+#pragma omp simd
+      for (int j = 0; j < 64; ++j) t[j] += ps * vr[j];
+    }
+#pragma omp simd
+    for (int j = 0; j < 64; ++j) a[i0 + j] = t[j];
+  }
 }
 
 // One unit: query rows t0..t0+nq-1 of one sequence, the `group` query heads sharing kv head h.
@@ -88,7 +136,7 @@ void attend_tile(const AttentionJob& job, int64_t h, int64_t t0, int64_t nq, int
   const KVLayerView& kv = job.kv;
   const int64_t rows = nq * group;  // (query row, head) pairs of this tile
   std::vector<float> acc(size_t(rows * hd), 0.0f), m(size_t(rows), -std::numeric_limits<float>::infinity()),
-      l(size_t(rows), 0.0f), scores(size_t(rows * kKeyBlock)), kbuf(size_t(kKeyBlock * hd)),
+      l(size_t(rows), 0.0f), scores(size_t(rows * kKeyBlock)), kt(size_t(kKeyBlock * hd)),
       vbuf(size_t(kKeyBlock * hd));
   const size_t kv_elem = kv.type == KVType::FP32 ? 4 : kv.type == KVType::BF16 ? 2 : 1;
   const char* k_head = static_cast<const char*>(kv.k) + h * kv.ctx * hd * kv_elem;
@@ -99,7 +147,7 @@ void attend_tile(const AttentionJob& job, int64_t h, int64_t t0, int64_t nq, int
 
   for (int64_t s0 = 0; s0 <= last_pos; s0 += kKeyBlock) {
     const int64_t nk = std::min<int64_t>(kKeyBlock, last_pos + 1 - s0);
-    const float* kb = rows_fp32(kv.type, k_head, ks, s0, nk, hd, kbuf.data());
+    keys_transposed(kv.type, k_head, ks, s0, nk, hd, kt.data());
     const float* vb = rows_fp32(kv.type, v_head, vs, s0, nk, hd, vbuf.data());
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t t = t0 + r / group, g = r % group;
@@ -108,13 +156,16 @@ void attend_tile(const AttentionJob& job, int64_t h, int64_t t0, int64_t nq, int
       const float* qr = job.q + (t * n_heads + h * group + g) * hd;
       float* sc = scores.data() + r * kKeyBlock;
       const int64_t visible = std::min<int64_t>(nk, pos + 1 - s0);
+      float dots[kKeyBlock] = {};
+      for (int64_t i = 0; i < hd; ++i) {
+        const float qi = qr[i];
+        const float* kr = kt.data() + i * kKeyBlock;
+#pragma omp simd
+        for (int s = 0; s < kKeyBlock; ++s) dots[s] += qi * kr[s];
+      }
       float block_max = -std::numeric_limits<float>::infinity();
       for (int64_t s = 0; s < visible; ++s) {
-        const float* kr = kb + s * hd;
-        float dot = 0;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t i = 0; i < hd; ++i) dot += qr[i] * kr[i];
-        sc[s] = dot * scale;
+        sc[s] = dots[s] * scale;
         block_max = std::max(block_max, sc[s]);
       }
       // Online softmax: rescale what was accumulated under the old maximum.
@@ -131,12 +182,7 @@ void attend_tile(const AttentionJob& job, int64_t h, int64_t t0, int64_t nq, int
       float* a = acc.data() + r * hd;
       if (correction != 1.0f)
         for (int64_t i = 0; i < hd; ++i) a[i] *= correction;
-      for (int64_t s = 0; s < visible; ++s) {
-        const float p = sc[s];
-        const float* vr = vb + s * hd;
-#pragma omp simd
-        for (int64_t i = 0; i < hd; ++i) a[i] += p * vr[i];
-      }
+      accumulate_values(a, sc, vb, visible, hd);
     }
   }
   for (int64_t r = 0; r < rows; ++r) {

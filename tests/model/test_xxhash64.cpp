@@ -29,6 +29,17 @@ TEST(Xxhash64, BitExactWithLibxxhash) {
       ASSERT_EQ(cpuchat::xxhash64(bytes.data() + len % 7, len, seed), reference(bytes.data() + len % 7, len, seed))
           << "len " << len << " seed " << seed;
   EXPECT_EQ(cpuchat::xxhash64(bytes.data(), bytes.size()), reference(bytes.data(), bytes.size(), 0));
+  // In pieces of random sizes (empty ones, pieces inside one stripe, pieces spanning many).
+  for (int trial = 0; trial < 200; ++trial) {
+    const size_t len = rng() % 3000;
+    cpuchat::Xxhash64Stream stream(trial % 3);
+    for (size_t at = 0; at < len;) {
+      const size_t piece = std::min(len - at, size_t(rng() % (trial % 2 ? 80 : 7)));
+      stream.update(bytes.data() + at, piece);
+      at += piece;
+    }
+    ASSERT_EQ(stream.digest(), reference(bytes.data(), len, trial % 3)) << "len " << len << " trial " << trial;
+  }
 }
 
 TEST(Xxhash64, ThroughputNextToMemcpy) {
