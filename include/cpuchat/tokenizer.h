@@ -72,6 +72,9 @@ class StreamingDecoder {
  public:
   explicit StreamingDecoder(const Tokenizer& tok) : tok_(tok) {}
   std::string push(int id);  // text that became complete (possibly empty)
+  // The bytes `id` adds to the text if pushed next: its piece, less the leading space the
+  // first text piece drops (SentencePiece). What a logprob reports as the token's text.
+  std::string piece(int id) const;
   std::string flush();       // whatever is held back (invalid bytes become U+FFFD)
  private:
   const Tokenizer& tok_;

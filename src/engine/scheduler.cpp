@@ -61,6 +61,12 @@ size_t common_prefix_length(const std::vector<int>& a, const std::vector<int>& b
   return i;
 }
 
+// Whether a sampled token is answer text: every text piece, and of the special tokens only
+// Llama 3.1's <|python_tag|>, which opens a tool call the server parses from the text.
+static bool shown_as_text(const Tokenizer& tok, int id) {
+  return !tok.is_special(id) || tok.token_bytes(id) == "<|python_tag|>";
+}
+
 // ---- One request ----------------------------------------------------------------------
 
 struct Scheduler::Job final : Generation {
@@ -150,10 +156,13 @@ struct Scheduler::Job final : Generation {
     t_last = Clock::now();
     if (!any_token) t_first = t_last;
     any_token = true;
+    // A control token sampled mid-answer (a SentencePiece <s>, a Llama 3 header token) is no
+    // text: it is skipped, as its family's decoders do.
+    const bool as_text = tok && decoder && shown_as_text(*tok, id);
     std::optional<TokenLogprob> lp;
     if (req.top_logprobs >= 0) {
       lp = logprobs_of(raw, id, req.top_logprobs);
-      if (tok) lp->text = tok->token_bytes(id);
+      if (tok) lp->text = as_text ? decoder->piece(id) : "";  // exactly what the token adds to the text
     }
     if (std::find(eos->begin(), eos->end(), id) != eos->end()) {
       result.finish_reason = "stop";
@@ -166,7 +175,7 @@ struct Scheduler::Job final : Generation {
     TokenEvent ev;
     ev.id = id;
     ev.logprob = lp;
-    if (decoder) ev.text = stop->push(decoder->push(id), stop_hit);
+    if (as_text) ev.text = stop->push(decoder->push(id), stop_hit);
     result.text += ev.text;
     emit(std::move(ev));
     if (stop_hit || (req.constraint && req.constraint->finished())) {  // a constrained answer ends when complete

@@ -15,11 +15,11 @@ using nlohmann::json;
 namespace {
 
 // Ids only need to be unique per server: random prefix + counter.
-std::string next_id(const char* prefix) {
+std::string next_id(const char* prefix, char separator = '-') {
   static const uint64_t salt = std::random_device{}();
   static std::atomic<uint64_t> counter{0};
   char buf[64];
-  snprintf(buf, sizeof buf, "%s-%08llx%08llx", prefix, static_cast<unsigned long long>(salt & 0xffffffffu),
+  snprintf(buf, sizeof buf, "%s%c%08llx%08llx", prefix, separator, static_cast<unsigned long long>(salt & 0xffffffffu),
            static_cast<unsigned long long>(++counter));
   return buf;
 }
@@ -61,13 +61,16 @@ double round_to(double x, double unit) { return std::round(x / unit) * unit; }
 AnswerHeader new_answer_header(Endpoint endpoint, const std::string& model) {
   AnswerHeader h;
   h.endpoint = endpoint;
-  h.id = next_id(endpoint == Endpoint::Chat ? "chatcmpl" : "cmpl");
+  h.id = endpoint == Endpoint::Responses ? next_id("resp", '_')
+                                          : next_id(endpoint == Endpoint::Chat ? "chatcmpl" : "cmpl");
   h.created = std::chrono::duration_cast<std::chrono::seconds>(
                   std::chrono::system_clock::now().time_since_epoch())
                   .count();
   h.model = model;
   return h;
 }
+
+std::string new_request_id() { return next_id("req", '_'); }
 
 json metrics_json(const Metrics& m, const Pricing& pricing, const std::string& backend,
                   const std::string& model) {

@@ -14,16 +14,19 @@
 
 namespace cpuchat::server {
 
-enum class Endpoint { Chat, TextCompletion };
+// Responses (/v1/responses) runs as a chat completion; only its wire format differs (responses_api.h).
+enum class Endpoint { Chat, TextCompletion, Responses };
 
 // Identity of one answer, repeated in every chunk of a stream.
 struct AnswerHeader {
   Endpoint endpoint = Endpoint::Chat;
-  std::string id;        // "chatcmpl-..." / "cmpl-..."
+  std::string id;        // "chatcmpl-..." / "cmpl-..." / "resp_..."
   int64_t created = 0;   // unix seconds
   std::string model;     // the served model id, e.g. "stories260K-int4"
 };
 AnswerHeader new_answer_header(Endpoint endpoint, const std::string& model);
+// "req_..." for the X-Request-Id of a request that brought none.
+std::string new_request_id();
 
 using TokenBytesFn = std::function<std::string(int id)>;
 

@@ -83,6 +83,7 @@ int serve_command(int argc, char** argv) {
   cfg.pricing = opts.pricing;
   cfg.api_key = opts.api_key;
   cfg.cors_origin = opts.cors_origin;
+  cfg.max_stored_responses = opts.max_stored_responses;
   cfg.assets = web_assets(&cfg.asset_count);
   ApiServer server(cfg);
 

@@ -67,6 +67,8 @@ const char* serve_usage() {
          "  --max-queue N           requests waiting per model before 429 [16]\n"
          "  --max-connections N     open HTTP connections before new ones get 503 [512]\n"
          "  --max-body-bytes N      request body limit (413 above) [4194304]\n"
+         "  --max-stored-responses N  /v1/responses kept for previous_response_id and GET, least recently\n"
+         "                          used dropped first (also at most 256 MiB of them); 0 stores none [1000]\n"
          "  --instance NAME         price preset for the cost metrics [r8g.4xlarge] (GET /v1/instances)\n"
          "  --price-per-hour USD    override the instance price\n"
          "  --api-key KEY           require 'Authorization: Bearer KEY' on /v1/* and /metrics\n"
@@ -124,6 +126,7 @@ ServeOptions parse_serve_args(int argc, char** argv) {
     else if (flag == "--ctx") o.ctx = static_cast<int>(parse_int(flag, next(), 0, 1 << 20));
     else if (flag == "--parallel") o.parallel = static_cast<int>(parse_int(flag, next(), 1, 256));
     else if (flag == "--max-queue") o.max_queue = static_cast<int>(parse_int(flag, next(), 0, 100000));
+    else if (flag == "--max-stored-responses") o.max_stored_responses = static_cast<int>(parse_int(flag, next(), 0, 10000000));
     else if (flag == "--max-connections") o.max_connections = static_cast<int>(parse_int(flag, next(), 1, 900));
     else if (flag == "--kv-type") {
       const std::string t = next();

@@ -27,6 +27,7 @@ struct ServeOptions {
   int batch_tokens = 512;
   size_t max_body_bytes = 4u << 20;
   int max_connections = 512;  // open HTTP connections; more get 503
+  int max_stored_responses = 1000;  // /v1/responses kept for previous_response_id and GET (LRU)
   Pricing pricing;                 // --instance / --price-per-hour
   std::string api_key;             // "": no auth
   std::string cors_origin;         // "": no CORS headers

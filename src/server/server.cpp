@@ -1,7 +1,9 @@
 // ApiServer: the httplib wiring of docs/API.md.
 #include "server/server.h"
 
+#include <cctype>
 #include <chrono>
+#include <cstring>
 #include <optional>
 #include <thread>
 
@@ -16,6 +18,7 @@
 namespace cpuchat::server {
 
 using nlohmann::json;
+using nlohmann::ordered_json;
 
 namespace {
 
@@ -26,6 +29,7 @@ struct Route { const char* path; const char* method; const char* name; };
 const Route kRoutes[] = {
     {"/v1/chat/completions", "POST", "chat_completions"},
     {"/v1/completions", "POST", "completions"},
+    {"/v1/responses", "POST", "responses"},
     {"/v1/models", "GET", "models"},
     {"/v1/instances", "GET", "instances"},
     {"/health", "GET", "health"},
@@ -34,6 +38,25 @@ const Route kRoutes[] = {
 };
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+// A header value made of HTTP token characters, commas and spaces (a header name list, a
+// request id): safe to echo back. Empty or longer than max_len: no.
+bool is_header_token_list(const std::string& v, size_t max_len) {
+  if (v.empty() || v.size() > max_len) return false;
+  for (unsigned char c : v)
+    if (!(std::isalnum(c) || std::strchr("!#$%&'*+-.^_`|~, ", c))) return false;
+  return true;
+}
+
+// The content types httplib compresses when the client sends Accept-Encoding (its
+// can_compress_content_type; an event stream never is).
+bool compressible_type(const std::string& content_type) {
+  if (starts_with(content_type, "text/event-stream")) return false;
+  for (const char* t : {"text/", "application/json", "application/javascript", "application/xml",
+                        "application/xhtml+xml", "image/svg+xml"})
+    if (starts_with(content_type, t)) return true;
+  return false;
+}
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -90,6 +113,7 @@ struct ApiServer::PreparedGeneration {
   Pricing pricing;
   std::shared_ptr<Generation> generation;  // queued on the model's engine
   PeerWatch peer;
+  ResponsesTurn turn;  // Endpoint::Responses: what it adds to the chat request it runs as
 
   // Alive while the server runs and the client is connected.
   std::function<bool()> keep_going;
@@ -101,7 +125,8 @@ struct ApiServer::PreparedGeneration {
 };
 
 ApiServer::ApiServer(ApiServerConfig cfg)
-    : cfg_(std::move(cfg)), http_(cfg_.connections), static_files_(cfg_.assets, cfg_.asset_count) {
+    : cfg_(std::move(cfg)), http_(cfg_.connections), static_files_(cfg_.assets, cfg_.asset_count),
+      responses_(cfg_.max_stored_responses, cfg_.max_stored_response_bytes) {
   // Every connection has its own thread (HttpConnectionServer), so queued or running
   // requests never starve /health and /metrics; the connection cap bounds them all.
   http_.set_payload_max_length(cfg_.max_body_bytes);
@@ -172,6 +197,7 @@ std::string ApiServer::route_name(const std::string& path) const {
   for (const Route& r : kRoutes)
     if (path == r.path) return r.name;
   if (starts_with(path, "/v1/models/")) return "models";
+  if (starts_with(path, "/v1/responses/")) return "responses";
   if (static_files_.find(path)) return "static";
   return "other";
 }
@@ -180,6 +206,7 @@ std::string ApiServer::allowed_methods(const std::string& path) const {
   for (const Route& r : kRoutes)
     if (path == r.path) return r.method;
   if (starts_with(path, "/v1/models/") || static_files_.find(path)) return "GET";
+  if (starts_with(path, "/v1/responses/")) return "GET, DELETE";
   return "";
 }
 
@@ -203,6 +230,7 @@ void ApiServer::register_routes() {
   http_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
     handle_generation(req, res, Endpoint::TextCompletion);
   });
+  register_responses_routes();
 
   http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     if (!ready_) return send_error(res, ApiError(503, "the model is still loading", "model_loading"));
@@ -212,11 +240,12 @@ void ApiServer::register_routes() {
   });
   http_.Get("/v1/models/(.+)", [this](const httplib::Request& req, httplib::Response& res) {
     if (!ready_) return send_error(res, ApiError(503, "the model is still loading", "model_loading"));
-    for (const auto& e : models_)
-      if (e->id == req.matches[1].str())
-        return send_json(res, 200, model_card(e->id, e->model->info(), e->model->stats()));
-    send_error(res, ApiError(404, "The model '" + req.matches[1].str() + "' does not exist",
-                             "model_not_found", "model"));
+    try {  // the ids chat accepts: "<name>-<backend>", or the bare name for the first backend
+      const ModelEntry& e = resolve_model(req.matches[1].str());
+      send_json(res, 200, model_card(e.id, e.model->info(), e.model->stats()));
+    } catch (const ApiError& e) {
+      send_error(res, e);
+    }
   });
 
   http_.Get("/v1/instances", [this](const httplib::Request&, httplib::Response& res) {
@@ -300,6 +329,13 @@ void ApiServer::register_routes() {
   http_.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     metrics_.count_request(route_name(req.path), res.status);
     serve_http10_stream_unchunked(req, res);
+    // httplib gzip/brotli-compresses these types when the client accepts it: caches must
+    // keep the variants apart.
+    if (compressible_type(res.get_header_value("Content-Type"))) {
+      const std::string vary = res.get_header_value("Vary");
+      res.headers.erase("Vary");
+      res.set_header("Vary", vary.empty() ? "Accept-Encoding" : vary + ", Accept-Encoding");
+    }
   });
   http_.set_logger([](const httplib::Request& req, const httplib::Response& res) {
     spdlog::debug("{} {} -> {}", req.method, req.path, res.status);
@@ -310,24 +346,33 @@ httplib::Server::HandlerResponse ApiServer::pre_route(const httplib::Request& re
   using HR = httplib::Server::HandlerResponse;
   // Which replica answered: lets a client (and the fleet test) see the balancer's choice.
   if (!cfg_.instance_id.empty()) res.set_header("X-Cpuchat-Instance", cfg_.instance_id);
+  // The client's X-Request-Id (for its logs and ours), else a new one.
+  const std::string request_id = req.get_header_value("X-Request-Id");
+  res.set_header("X-Request-Id", is_header_token_list(request_id, 128) && request_id.find(',') == std::string::npos
+                                     ? request_id : new_request_id());
   if (!cfg_.cors_origin.empty()) {
     res.set_header("Access-Control-Allow-Origin", cfg_.cors_origin);
     if (cfg_.cors_origin != "*") res.set_header("Vary", "Origin");
-    res.set_header("Access-Control-Expose-Headers", "Retry-After, X-Cpuchat-Instance");
+    res.set_header("Access-Control-Expose-Headers", "Retry-After, X-Cpuchat-Instance, X-Request-Id");
   }
   if (req.method == "OPTIONS") {  // CORS preflight (or a plain OPTIONS): no auth, no body
     std::string allowed = allowed_methods(req.path);
     res.status = allowed.empty() ? 404 : 204;
     res.set_header("Allow", allowed.empty() ? "OPTIONS" : allowed + ", OPTIONS");
     if (!cfg_.cors_origin.empty()) {
-      res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
-      res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Session-Id");
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+      // Whatever headers the page asks for (the openai SDK sends x-stainless-*): the origin is
+      // trusted, and the API key, not a header list, guards the API.
+      const std::string requested = req.get_header_value("Access-Control-Request-Headers");
+      res.set_header("Access-Control-Allow-Headers", is_header_token_list(requested, 2048)
+                                                         ? requested : "Authorization, Content-Type, X-Session-Id");
       res.set_header("Access-Control-Max-Age", "600");
     }
     return HR::Handled;
   }
-  // Only GET and POST are served (HEAD and OPTIONS aside): refuse others before any body is read.
-  if (req.method != "GET" && req.method != "POST" && req.method != "HEAD") {
+  // Only GET, POST and DELETE are served (HEAD and OPTIONS aside): refuse others before any body is read.
+  if (req.method != "GET" && req.method != "POST" && req.method != "HEAD" &&
+      !(req.method == "DELETE" && starts_with(req.path, "/v1/responses/"))) {
     handle_unrouted(req, res);
     return HR::Handled;
   }
@@ -439,6 +484,9 @@ std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib:
     g->entry = &resolve_model(r.params.model);
     prompt = chat_prompt(*g->entry->model, r);  // with the tools, if any
     g->params = std::move(r.params);
+  } else if (endpoint == Endpoint::Responses) {
+    prepare_responses_prompt(*g, req, prompt);
+    prompt_param = "input";
   } else {
     TextCompletionRequest r = parse_completion_request(body);
     g->params = std::move(r.params);
@@ -459,7 +507,7 @@ std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib:
     throw ApiError(400,
                    "This model's context is " + std::to_string(ctx) + " tokens, but the prompt has " +
                        std::to_string(prompt_tokens) + " tokens (at least 1 must remain for the answer). "
-                       "Shorten the " + std::string(endpoint == Endpoint::Chat ? "messages" : "prompt") + ".",
+                       "Shorten the " + prompt_param + ".",
                    "context_length_exceeded", prompt_param);
 
   GenerateRequest& gr = g->request;
@@ -473,6 +521,12 @@ std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib:
   gr.affinity_key = affinity_key(req, body);
   gr.constraint = make_constraint(*g->entry->model, g->params.output, gr.max_tokens);  // tools, formats, logit_bias
   g->header = new_answer_header(endpoint, g->entry->id);
+  if (endpoint == Endpoint::Responses) {
+    g->turn.id = g->header.id;
+    if (g->turn.root_id.empty()) g->turn.root_id = g->turn.id;
+    // A continuation goes back to the slot whose KV cache holds its conversation.
+    if (gr.affinity_key.empty()) gr.affinity_key = g->turn.root_id;
+  }
   g->peer = PeerWatch::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
   PeerWatch peer = g->peer;
   g->keep_going = [this, peer] { return !cancelling_.load() && !peer.closed(); };
@@ -536,6 +590,13 @@ void ApiServer::respond_blocking(PreparedGeneration& g, const httplib::Request&,
                       ? logprobs_json(g.endpoint, r.logprobs,
                                       [&](int id) { return g.entry->model->token_bytes(id); })
                       : json();
+  if (g.endpoint == Endpoint::Responses) {
+    const ChatAnswer a = shape_answer(g.params.output, r.text, r.finish_reason);
+    const json response = response_object(g.turn, g.header, response_status(a.finish_reason), output_items(g.header, a),
+                                          responses_usage_json(r.metrics), answer_metrics(g, r.metrics));
+    store_response(g, a, response);
+    return send_json(res, 200, response);
+  }
   if (g.endpoint == Endpoint::Chat)  // content, or the tool calls in it
     return send_json(res, 200, chat_answer_json(g.header, shape_answer(g.params.output, r.text, r.finish_reason), logprobs,
                                                 usage_json(r.metrics), answer_metrics(g, r.metrics)));
@@ -566,23 +627,43 @@ void ApiServer::run_stream(PreparedGeneration& g, httplib::DataSink& sink) {
     if (!write_failed && !sink.write(event.data(), event.size())) write_failed = true;
     return !write_failed;
   };
+  // Responses streams typed events made from the chat chunks the shaper produces.
+  const bool responses = g.endpoint == Endpoint::Responses;
+  std::optional<ResponsesStream> typed;
+  if (responses) typed.emplace(g.turn, g.header);
+  auto send_chunk = [&](json chunk) {
+    if (responses) {
+      const std::string events = typed->push(chunk);
+      return events.empty() || send(events);
+    }
+    if (g.params.include_usage) chunk["usage"] = nullptr;  // as OpenAI: only the last chunk has it
+    return send(sse_event(chunk));
+  };
   auto send_error_event = [&](const ApiError& e) {
+    if (responses) {
+      send(typed->failed(e));
+      return;
+    }
     send(sse_event(e.to_json()));
     send(kSseDone);
   };
   try {
-    if (g.endpoint == Endpoint::Chat && !send(sse_event(role_chunk_json(g.header)))) {
+    const bool started = responses ? send(typed->start())
+                                   : g.endpoint != Endpoint::Chat || send_chunk(role_chunk_json(g.header));
+    if (!started) {
       g.generation->cancel();
       return;
     }
 
     std::string streamed;  // text sent so far
     auto token_bytes = [&](int id) { return g.entry->model->token_bytes(id); };
-    ChatStreamShaper shaper(g.header, g.params.output);  // chat: content or tool-call deltas
+    AnswerHeader chat_header = g.header;  // the shaper makes chat chunks, also for Responses
+    chat_header.endpoint = Endpoint::Chat;
+    ChatStreamShaper shaper(chat_header, g.params.output);  // content or tool-call deltas
     auto send_delta = [&](const std::string& text, const json& lp) {
-      if (g.endpoint != Endpoint::Chat) return send(sse_event(delta_chunk_json(g.header, text, lp)));
+      if (g.endpoint == Endpoint::TextCompletion) return send_chunk(delta_chunk_json(g.header, text, lp));
       for (const json& chunk : shaper.push(text, lp))
-        if (!send(sse_event(chunk))) return false;
+        if (!send_chunk(chunk)) return false;
       return true;
     };
     GenerateResult r = run_generation(g, [&](const TokenEvent& ev) {
@@ -600,9 +681,16 @@ void ApiServer::run_stream(PreparedGeneration& g, httplib::DataSink& sink) {
     // Whatever the engine held back and only released in the final text.
     if (r.text.size() > streamed.size() && r.text.compare(0, streamed.size(), streamed) == 0)
       send_delta(r.text.substr(streamed.size()), json());
-    if (g.endpoint == Endpoint::Chat)
-      for (const json& chunk : shaper.finish(r.text, r.finish_reason)) send(sse_event(chunk));
-    send(sse_event(finish_chunk_json(g.header, r.finish_reason, answer_metrics(g, r.metrics))));
+    if (g.endpoint != Endpoint::TextCompletion)
+      for (const json& chunk : shaper.finish(r.text, r.finish_reason)) send_chunk(chunk);
+    if (responses) {
+      ChatAnswer answer;
+      json response;
+      send(typed->finish(r.finish_reason, responses_usage_json(r.metrics), answer_metrics(g, r.metrics), &answer, &response));
+      store_response(g, answer, response);
+      return;
+    }
+    send_chunk(finish_chunk_json(g.header, r.finish_reason, answer_metrics(g, r.metrics)));
     if (g.params.include_usage) send(sse_event(usage_chunk_json(g.header, usage_json(r.metrics))));
     send(kSseDone);
   } catch (const ApiError& e) {
@@ -611,6 +699,52 @@ void ApiServer::run_stream(PreparedGeneration& g, httplib::DataSink& sink) {
     spdlog::error("stream {}: {}", g.header.id, e.what());
     send_error_event(ApiError(500, std::string("internal error: ") + e.what(), "internal_error"));
   }
+}
+
+// ---- Responses API (responses_api.h) ---------------------------------------------------
+
+void ApiServer::register_responses_routes() {
+  http_.Post("/v1/responses", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_generation(req, res, Endpoint::Responses);
+  });
+  auto not_found = [](const std::string& id) {
+    return ApiError(404, "Response with id '" + id + "' not found (never stored, deleted, or evicted from the store)",
+                    "response_not_found", "response_id");
+  };
+  http_.Get("/v1/responses/([^/]+)", [this, not_found](const httplib::Request& req, httplib::Response& res) {
+    const std::optional<StoredResponse> r = responses_.get(req.matches[1].str());
+    if (!r) return send_error(res, not_found(req.matches[1].str()));
+    send_json(res, 200, r->response);
+  });
+  http_.Delete("/v1/responses/([^/]+)", [this, not_found](const httplib::Request& req, httplib::Response& res) {
+    const std::string id = req.matches[1].str();
+    if (!responses_.erase(id)) return send_error(res, not_found(id));
+    send_json(res, 200, {{"id", id}, {"object", "response"}, {"deleted", true}});
+  });
+}
+
+void ApiServer::prepare_responses_prompt(PreparedGeneration& g, const httplib::Request& req, std::vector<int>& prompt) {
+  g.turn = parse_responses_request(req.body, responses_);
+  ordered_json& messages = g.turn.chat_body["messages"];
+  const size_t first = g.turn.instruction_messages;  // the instructions always stay
+  for (;;) {
+    const std::string chat_text = g.turn.chat_body.dump();
+    ChatRequest r = parse_chat_request(json::parse(chat_text), chat_text);
+    g.entry = &resolve_model(r.params.model);
+    prompt = chat_prompt(*g.entry->model, r);  // with the tools, if any
+    g.params = std::move(r.params);
+    // truncation "auto": drop the oldest turns until the prompt fits (as OpenAI), keeping the last input.
+    if (!g.turn.truncation_auto || static_cast<int>(prompt.size()) < g.entry->model->info().ctx ||
+        messages.size() <= first + 1)
+      return;
+    messages.erase(messages.begin() + first);
+    while (messages.size() > first + 1 && messages[first]["role"] == "tool")  // a result without its call
+      messages.erase(messages.begin() + first);
+  }
+}
+
+void ApiServer::store_response(const PreparedGeneration& g, const ChatAnswer& a, const json& response) {
+  if (g.turn.store) responses_.put(g.header.id, stored_response(g.turn, g.header, a, response));
 }
 
 }  // namespace cpuchat::server

@@ -14,6 +14,7 @@
 #include "server/openai_api.h"
 #include "server/pricing.h"
 #include "server/prometheus.h"
+#include "server/responses_api.h"
 #include "server/served_model.h"
 #include "server/static_files.h"
 
@@ -31,6 +32,8 @@ struct ApiServerConfig {
   size_t asset_count = 0;
   std::string instance_id;      // sent as X-Cpuchat-Instance on every response ("": none)
   ConnectionLimits connections;  // open connections, request deadline, keep-alive
+  size_t max_stored_responses = 1000;          // /v1/responses store: LRU by count ...
+  size_t max_stored_response_bytes = 256u << 20;  // ... and by bytes
 };
 
 class ApiServer {
@@ -80,6 +83,9 @@ class ApiServer {
   void respond_blocking(PreparedGeneration& g, const httplib::Request& req, httplib::Response& res);
   void respond_streaming(std::shared_ptr<PreparedGeneration> g, httplib::Response& res);
   void run_stream(PreparedGeneration& g, httplib::DataSink& sink);
+  void register_responses_routes();
+  void prepare_responses_prompt(PreparedGeneration& g, const httplib::Request& req, std::vector<int>& prompt);
+  void store_response(const PreparedGeneration& g, const ChatAnswer& a, const nlohmann::json& response);
   GenerateResult run_generation(PreparedGeneration& g, const TokenCallback& on_token);
   nlohmann::json answer_metrics(const PreparedGeneration& g, const Metrics& m) const;
 
@@ -95,6 +101,7 @@ class ApiServer {
   std::string bind_error_;
   StaticFiles static_files_;
   ServerMetrics metrics_;
+  ResponseStore responses_;  // conversations for previous_response_id and GET /v1/responses/{id}
   std::vector<std::unique_ptr<ModelEntry>> models_;  // written once, before ready_
   std::atomic<bool> ready_{false};
   std::atomic<bool> shutting_down_{false};  // draining or stopping: refuse new work

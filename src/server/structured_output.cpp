@@ -33,11 +33,6 @@ bool known_tool(const OutputOptions& o, const std::string& name) {
   return std::any_of(o.tools.begin(), o.tools.end(), [&](const ToolDefinition& t) { return t.name == name; });
 }
 
-std::string call_id(const AnswerHeader& h, size_t index) {
-  const size_t dash = h.id.find('-');
-  return "call_" + (dash == std::string::npos ? h.id : h.id.substr(dash + 1)) + "_" + std::to_string(index);
-}
-
 // The forced call's layout is fixed by its grammar: {"name": "<name>", "parameters": <args>}
 // with bounded whitespace between. Tool names have no characters that need escaping, so the
 // 3rd and 4th quotes delimit the name, and the arguments start after the colon that follows
@@ -137,6 +132,11 @@ std::string tool_finish(const std::string& finish_reason) { return finish_reason
 
 }  // namespace
 
+std::string tool_call_id(const AnswerHeader& h, size_t index) {
+  const size_t sep = h.id.find_first_of("-_");
+  return "call_" + (sep == std::string::npos ? h.id : h.id.substr(sep + 1)) + "_" + std::to_string(index);
+}
+
 std::vector<int> chat_prompt(const ServedModel& model, const ChatRequest& r) {
   const OutputOptions& o = r.params.output;
   ChatTools tools;
@@ -233,7 +233,7 @@ json chat_answer_json(const AnswerHeader& h, const ChatAnswer& a, const json& lo
     message["content"] = nullptr;
     json calls = json::array();
     for (size_t i = 0; i < a.tool_calls.size(); ++i)
-      calls.push_back({{"id", call_id(h, i)}, {"type", "function"},
+      calls.push_back({{"id", tool_call_id(h, i)}, {"type", "function"},
                        {"function", {{"name", a.tool_calls[i].name}, {"arguments", a.tool_calls[i].arguments}}}});
     message["tool_calls"] = calls;
   }
@@ -242,7 +242,7 @@ json chat_answer_json(const AnswerHeader& h, const ChatAnswer& a, const json& lo
 
 ChatStreamShaper::ChatStreamShaper(const AnswerHeader& h, const OutputOptions& o) : h_(h), o_(o) {
   mode_ = o.forces_tool_call() ? Mode::Forced : o.tools_enabled() ? Mode::Auto : Mode::Content;
-  call_id_ = call_id(h, 0);
+  call_id_ = tool_call_id(h, 0);
 }
 
 json ChatStreamShaper::tool_delta(const json& call) const {
@@ -312,7 +312,7 @@ std::vector<json> ChatStreamShaper::finish(const std::string& full_text, std::st
     if (!full_text.empty()) out.push_back(delta_chunk_json(h_, full_text, nullptr));
   } else {
     for (size_t i = 0; i < a.tool_calls.size(); ++i)
-      out.push_back(tool_delta({{"index", i}, {"id", call_id(h_, i)}, {"type", "function"},
+      out.push_back(tool_delta({{"index", i}, {"id", tool_call_id(h_, i)}, {"type", "function"},
                                 {"function", {{"name", a.tool_calls[i].name}, {"arguments", a.tool_calls[i].arguments}}}}));
   }
   finish_reason = a.finish_reason;

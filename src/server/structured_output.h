@@ -27,6 +27,9 @@ std::vector<int> chat_prompt(const ServedModel& model, const ChatRequest& r);
 // budget below the shortest valid answer.
 std::shared_ptr<TokenConstraint> make_constraint(const ServedModel& model, const OutputOptions& o, int max_tokens);
 
+// The id of an answer's index-th tool call ("call_..."), the same streamed and not.
+std::string tool_call_id(const AnswerHeader& h, size_t index);
+
 // One tool call of an answer, in OpenAI's shape.
 struct ToolCall {
   std::string id;         // "call_..."

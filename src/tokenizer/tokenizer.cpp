@@ -130,14 +130,16 @@ std::string Tokenizer::decode(const std::vector<int>& ids, bool skip_special) co
   return tok::sanitize_utf8(bytes);
 }
 
+std::string StreamingDecoder::piece(int id) const {
+  std::string bytes = tok_.token_bytes(id);
+  if (!tok_.is_special(id) && first_ && tok_.strip_leading_space_on_decode && !bytes.empty() && bytes[0] == ' ')
+    bytes.erase(0, 1);
+  return bytes;
+}
+
 std::string StreamingDecoder::push(int id) {
-  const bool special = tok_.is_special(id);
-  std::string piece = tok_.token_bytes(id);
-  if (!special) {
-    if (first_ && tok_.strip_leading_space_on_decode && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
-    first_ = false;
-  }
-  pending_ += piece;
+  pending_ += piece(id);
+  if (!tok_.is_special(id)) first_ = false;
 
   // Emit every complete character; hold back a tail that is a valid start of one.
   // Bytes that can never become valid are replaced now so each chunk is valid UTF-8.
