@@ -221,6 +221,14 @@ ResponsesTurn parse_responses_request(const std::string& raw_body, ResponseStore
       throw unsupported(refused, std::string("'") + refused + "' is not supported" +
                                      (std::string(refused) == "conversation" ? ": continue with 'previous_response_id'" : ""));
 
+  // Logprobs and the other `include` extras are known but not produced here: refused, not ignored.
+  if (const ordered_json* v = field(body, "top_logprobs"); v && !(v->is_number_integer() && v->get<int64_t>() == 0))
+    throw unsupported("top_logprobs", "'top_logprobs' is not supported on /v1/responses: use /v1/chat/completions with 'logprobs'");
+  if (const ordered_json* v = field(body, "include")) {
+    if (!v->is_array()) throw invalid("include", "'include' must be an array of strings", "invalid_type");
+    for (const auto& item : *v)
+      throw unsupported("include", "'include' value " + item.dump() + " is not supported (cpuchat includes nothing extra)");
+  }
   if (const ordered_json* v = field(body, "store")) {
     if (!v->is_boolean()) throw invalid("store", "'store' must be a boolean", "invalid_type");
     t.store = v->get<bool>();

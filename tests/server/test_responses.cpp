@@ -116,6 +116,9 @@ TEST(ResponsesRequest, RefusesWhatItCannotServe) {
       {R"({"input": "x", "metadata": {"k": 1}})", "metadata"},
       {R"({"input": "x", "store": "yes"})", "store"},
       {R"({"input": "x", "conversation": "conv_1"})", "conversation"},
+      {R"({"input": "x", "top_logprobs": 3})", "top_logprobs"},
+      {R"({"input": "x", "include": ["message.output_text.logprobs"]})", "include"},
+      {R"({"input": "x", "include": "reasoning.encrypted_content"})", "include"},
   };
   for (const auto& [body, param] : cases) {
     try {
