@@ -5,6 +5,7 @@
 //   - GGUF "gpt2" vocabularies (make_byte_bpe_tokenizer).
 // HF merges rank pairs by their position in the merge list; tiktoken ranks a pair by the
 // rank of the concatenated token. Both become a PairTable, so one merge loop serves both.
+#include <algorithm>
 #include <mutex>
 #include <nlohmann/json.hpp>
 
@@ -345,6 +346,9 @@ std::vector<std::string> llama3_special_names() {
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_tiktoken(const std::string& path, const std::string& contents) {
+  // Ranks are 0..N-1, one per line: a rank beyond the file's line count is refused before it
+  // sizes the vocabulary (a 9-digit rank in a 1 KB file asked for gigabytes).
+  const long lines = long(std::count(contents.begin(), contents.end(), '\n')) + 1;
   std::vector<std::string> tokens;
   std::string bytes;
   size_t line_start = 0;
@@ -367,6 +371,9 @@ std::unique_ptr<Tokenizer> load_tiktoken(const std::string& path, const std::str
       if (c < '0' || c > '9') fail(path, "bad rank on line " + std::to_string(line_number));
       rank = rank * 10 + (c - '0');
     }
+    if (rank >= lines)
+      fail(path, "rank " + std::to_string(rank) + " on line " + std::to_string(line_number) + " is beyond the file's " +
+                     std::to_string(lines) + " lines (ranks are 0..N-1)");
     if (rank >= static_cast<long>(tokens.size())) tokens.resize(rank + 1);
     if (!tokens[rank].empty()) fail(path, "rank " + std::to_string(rank) + " appears twice");
     tokens[rank] = bytes;

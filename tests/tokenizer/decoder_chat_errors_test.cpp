@@ -197,6 +197,10 @@ TEST_F(LoadErrors, BadBase64InTiktoken) {
 }
 
 TEST_F(LoadErrors, BadRankInTiktoken) { expect_error(write("tokenizer.model", "IQ== 0\nIg== x\n"), "line 2"); }
+// Found by fuzz_tokenizer_files: a 9-digit rank in a tiny file sized the vocabulary to gigabytes.
+TEST_F(LoadErrors, RankBeyondTheFileInTiktoken) {
+  expect_error(write("tokenizer.model", "IQ== 0\nIg== 999999999\n"), "rank 999999999 on line 2 is beyond the file's 3 lines");
+}
 
 TEST_F(LoadErrors, UnrecognizedModelFile) {
   expect_error(write("tokenizer.model", "hello world, not a tokenizer"), "unrecognized format");
