@@ -147,7 +147,8 @@ void PackedWeights::pack_q4k_super_blocks(const Q4kSuperBlock* blocks, int64_t r
 }
 
 template <typename Src>
-void PackedWeights::pack_rows_impl(const Src* rows, int64_t ld, int64_t row_begin, int64_t row_end) {
+void PackedWeights::pack_rows_impl(const Src* rows, int64_t ld, int64_t row_begin, int64_t row_end,
+                                   const float* column_importance) {
   check_rows(*this, row_begin, row_end);
   const Layout& l = layout();
   const int64_t n = header_.n, k = header_.k;
@@ -164,7 +165,7 @@ void PackedWeights::pack_rows_impl(const Src* rows, int64_t ld, int64_t row_begi
       for (int r = 0; r < l.nr && b * l.nr + r < row_end; ++r) {
         const Src* src = rows + (b * l.nr + r - row_begin) * ld;
         for (int64_t i = 0; i < k; ++i) row_f32[i] = to_float(src[i]);
-        detail::quantize_q4k_row(row_f32.data(), k, row_blocks.data());
+        detail::quantize_q4k_row(row_f32.data(), k, column_importance, row_blocks.data());
         for (int64_t s = 0; s < supers; ++s) store_q4k(l, block + s * q4k_super_block_bytes(l), r, row_blocks[s]);
       }
     }
@@ -191,9 +192,9 @@ void PackedWeights::pack_rows_impl(const Src* rows, int64_t ld, int64_t row_begi
       for (int64_t i = 0; i < k; ++i) row_f32[i] = to_float(src[i]);
       int8_t* qr = q.data() + r * kp;
       if (scheme == Scheme::Q4G32) {
-        detail::quantize_q4g32_row(row_f32.data(), k, qr, scales.data() + r * groups);
+        detail::quantize_q4g32_row(row_f32.data(), k, column_importance, qr, scales.data() + r * groups);
       } else {
-        scales[r] = quantize_q4(row_f32.data(), k, false, qr);
+        scales[r] = quantize_q4(row_f32.data(), k, false, qr, column_importance);
       }
     }
     // 2. Lay the block out.
@@ -217,12 +218,14 @@ void PackedWeights::pack_rows_impl(const Src* rows, int64_t ld, int64_t row_begi
   }
 }
 
-void PackedWeights::pack_rows(const float* rows, int64_t ld, int64_t row_begin, int64_t row_end) {
-  pack_rows_impl(rows, ld, row_begin, row_end);
+void PackedWeights::pack_rows(const float* rows, int64_t ld, int64_t row_begin, int64_t row_end,
+                              const float* column_importance) {
+  pack_rows_impl(rows, ld, row_begin, row_end, column_importance);
 }
 
-void PackedWeights::pack_rows_bf16(const uint16_t* rows, int64_t ld, int64_t row_begin, int64_t row_end) {
-  pack_rows_impl(rows, ld, row_begin, row_end);
+void PackedWeights::pack_rows_bf16(const uint16_t* rows, int64_t ld, int64_t row_begin, int64_t row_end,
+                                   const float* column_importance) {
+  pack_rows_impl(rows, ld, row_begin, row_end, column_importance);
 }
 
 }  // namespace cpuchat::kernels

@@ -27,23 +27,24 @@ void quantize_q8b32_row_avx2(const float* x, int64_t k, int64_t k_padded, int8_t
 #endif
 
 // Weight quantizers of one row of k values (the scale searches of reference.h; every version
-// is bit-identical to the scalar one, see quantize_weights_lanes.h).
+// is bit-identical to the scalar one, see quantize_weights_lanes.h). importance: null or k
+// non-negative weights of the input channels, multiplying each value's error weight.
 //   q4g32: q [ceil(k/32) * 32] in [-8, 7] (zero-padded), scales [ceil(k/32)] (bf16 values)
 //   q4k:   out [ceil(k/256)] super-blocks
-void quantize_q4g32_row_scalar(const float* row, int64_t k, int8_t* q, float* scales);
-void quantize_q4k_row_scalar(const float* row, int64_t k, Q4kSuperBlock* out);
+void quantize_q4g32_row_scalar(const float* row, int64_t k, const float* importance, int8_t* q, float* scales);
+void quantize_q4k_row_scalar(const float* row, int64_t k, const float* importance, Q4kSuperBlock* out);
 #if defined(__x86_64__) || defined(_M_X64)
-void quantize_q4g32_row_avx2(const float* row, int64_t k, int8_t* q, float* scales);
-void quantize_q4g32_row_avx512(const float* row, int64_t k, int8_t* q, float* scales);
-void quantize_q4k_row_avx2(const float* row, int64_t k, Q4kSuperBlock* out);
-void quantize_q4k_row_avx512(const float* row, int64_t k, Q4kSuperBlock* out);
+void quantize_q4g32_row_avx2(const float* row, int64_t k, const float* importance, int8_t* q, float* scales);
+void quantize_q4g32_row_avx512(const float* row, int64_t k, const float* importance, int8_t* q, float* scales);
+void quantize_q4k_row_avx2(const float* row, int64_t k, const float* importance, Q4kSuperBlock* out);
+void quantize_q4k_row_avx512(const float* row, int64_t k, const float* importance, Q4kSuperBlock* out);
 #elif defined(__aarch64__)
-void quantize_q4g32_row_neon(const float* row, int64_t k, int8_t* q, float* scales);
-void quantize_q4k_row_neon(const float* row, int64_t k, Q4kSuperBlock* out);
+void quantize_q4g32_row_neon(const float* row, int64_t k, const float* importance, int8_t* q, float* scales);
+void quantize_q4k_row_neon(const float* row, int64_t k, const float* importance, Q4kSuperBlock* out);
 #endif
 // The fastest version for the active ISA level (the packer's choice). q4g32 follows
 // CPUCHAT_Q4_SCALE_SEARCH=off (the old max/min rule) like quantize_q4.
-void quantize_q4g32_row(const float* row, int64_t k, int8_t* q, float* scales);
-void quantize_q4k_row(const float* row, int64_t k, Q4kSuperBlock* out);
+void quantize_q4g32_row(const float* row, int64_t k, const float* importance, int8_t* q, float* scales);
+void quantize_q4k_row(const float* row, int64_t k, const float* importance, Q4kSuperBlock* out);
 
 }  // namespace cpuchat::kernels::detail

@@ -21,11 +21,12 @@ namespace {
 
 float round_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
 
-void importance(const float* w, int64_t count, float* c) {
+// c_i = (rms + |w_i|) * column_i (column: the input channels' importance, or null for 1).
+void importance(const float* w, int64_t count, const float* column, float* c) {
   double sum2 = 0.0;
   for (int64_t i = 0; i < count; ++i) sum2 += double{w[i]} * w[i];
   const float rms = static_cast<float>(std::sqrt(sum2 / static_cast<double>(std::max<int64_t>(count, 1))));
-  for (int64_t i = 0; i < count; ++i) c[i] = rms + std::fabs(w[i]);
+  for (int64_t i = 0; i < count; ++i) c[i] = (rms + std::fabs(w[i])) * (column != nullptr ? column[i] : 1.0f);
 }
 
 // q = clamp(round(w / d), -8, 7); returns the weighted squared error.
@@ -70,12 +71,12 @@ bool scale_search_enabled() {
 namespace {
 
 // Q4C (one scale for a whole row): the same search over the row, sums in double.
-float quantize_q4_row_scale(const float* w, int64_t count, bool bf16_scale, int8_t* q) {
+float quantize_q4_row_scale(const float* w, int64_t count, bool bf16_scale, const float* column, int8_t* q) {
   float d_best = quantize_q4_absmax(w, count, bf16_scale, q);
   if (d_best == 0.0f || count <= 1 || !scale_search_enabled()) return d_best;
   std::vector<float> c_buf(static_cast<size_t>(count));
   float* c = c_buf.data();
-  importance(w, count, c);
+  importance(w, count, column, c);
   double sum_cww = 0.0;
   for (int64_t i = 0; i < count; ++i) sum_cww += double{c[i]} * w[i] * w[i];
   const double err_absmax = quantize_symmetric_with(w, c, count, d_best, q);
@@ -112,40 +113,41 @@ float quantize_q4_row_scale(const float* w, int64_t count, bool bf16_scale, int8
 
 }  // namespace
 
-float quantize_q4(const float* w, int64_t count, bool bf16_scale, int8_t* q) {
+float quantize_q4(const float* w, int64_t count, bool bf16_scale, int8_t* q, const float* column_importance) {
   if (count <= 0) return 0.0f;
   if (!scale_search_enabled()) return quantize_q4_absmax(w, count, bf16_scale, q);
   if (bf16_scale && count <= kGroupSize) {  // one Q4G32 group: the lane code, one lane
-    float x[kGroupSize] = {};
+    float x[kGroupSize] = {}, col[kGroupSize];
     std::copy(w, w + count, x);
+    for (int i = 0; i < kGroupSize; ++i) col[i] = detail::column_importance_at(column_importance, count, i);
     const int n = static_cast<int>(count);
     int8_t qt[kGroupSize];
     float d;
-    detail::q4g32_search_lanes<1>(x, &n, qt, &d);
+    detail::q4g32_search_lanes<1>(x, col, &n, qt, &d);
     std::copy(qt, qt + count, q);
     return d;
   }
-  return quantize_q4_row_scale(w, count, bf16_scale, q);
+  return quantize_q4_row_scale(w, count, bf16_scale, column_importance, q);
 }
 
-Q4kSuperBlock quantize_q4k_super_block(const float* w, int64_t count) {
+Q4kSuperBlock quantize_q4k_super_block(const float* w, int64_t count, const float* column_importance) {
   Q4kSuperBlock b;
-  detail::q4k_row_lanes<1>(w, std::min<int64_t>(count, kSuperBlockSize), &b);
+  detail::q4k_row_lanes<1>(w, std::min<int64_t>(count, kSuperBlockSize), column_importance, &b);
   return b;
 }
 
 namespace detail {
 
 // The baseline build: 4 lanes (SSE2 / Advanced SIMD registers are always there).
-void quantize_q4g32_row_scalar(const float* row, int64_t k, int8_t* q, float* scales) {
-  q4g32_row_lanes<4>(row, k, q, scales);
+void quantize_q4g32_row_scalar(const float* row, int64_t k, const float* importance, int8_t* q, float* scales) {
+  q4g32_row_lanes<4>(row, k, importance, q, scales);
 }
 
-void quantize_q4k_row_scalar(const float* row, int64_t k, Q4kSuperBlock* out) {
-  q4k_row_lanes<4>(row, k, out);
+void quantize_q4k_row_scalar(const float* row, int64_t k, const float* importance, Q4kSuperBlock* out) {
+  q4k_row_lanes<4>(row, k, importance, out);
 }
 
-void quantize_q4g32_row(const float* row, int64_t k, int8_t* q, float* scales) {
+void quantize_q4g32_row(const float* row, int64_t k, const float* importance, int8_t* q, float* scales) {
   if (!scale_search_enabled()) {
     for (int64_t g = 0; g * kGroupSize < k; ++g) {
       const int64_t begin = g * kGroupSize;
@@ -155,25 +157,25 @@ void quantize_q4g32_row(const float* row, int64_t k, int8_t* q, float* scales) {
   }
   const IsaLevel level = active_isa();
 #if defined(__x86_64__) || defined(_M_X64)
-  if (level == IsaLevel::Avx512Vnni) return quantize_q4g32_row_avx512(row, k, q, scales);
-  if (level == IsaLevel::Avx2) return quantize_q4g32_row_avx2(row, k, q, scales);
+  if (level == IsaLevel::Avx512Vnni) return quantize_q4g32_row_avx512(row, k, importance, q, scales);
+  if (level == IsaLevel::Avx2) return quantize_q4g32_row_avx2(row, k, importance, q, scales);
 #elif defined(__aarch64__)
-  if (level != IsaLevel::Scalar) return quantize_q4g32_row_neon(row, k, q, scales);
+  if (level != IsaLevel::Scalar) return quantize_q4g32_row_neon(row, k, importance, q, scales);
 #endif
   (void)level;
-  quantize_q4g32_row_scalar(row, k, q, scales);
+  quantize_q4g32_row_scalar(row, k, importance, q, scales);
 }
 
-void quantize_q4k_row(const float* row, int64_t k, Q4kSuperBlock* out) {
+void quantize_q4k_row(const float* row, int64_t k, const float* importance, Q4kSuperBlock* out) {
   const IsaLevel level = active_isa();
 #if defined(__x86_64__) || defined(_M_X64)
-  if (level == IsaLevel::Avx512Vnni) return quantize_q4k_row_avx512(row, k, out);
-  if (level == IsaLevel::Avx2) return quantize_q4k_row_avx2(row, k, out);
+  if (level == IsaLevel::Avx512Vnni) return quantize_q4k_row_avx512(row, k, importance, out);
+  if (level == IsaLevel::Avx2) return quantize_q4k_row_avx2(row, k, importance, out);
 #elif defined(__aarch64__)
-  if (level != IsaLevel::Scalar) return quantize_q4k_row_neon(row, k, out);
+  if (level != IsaLevel::Scalar) return quantize_q4k_row_neon(row, k, importance, out);
 #endif
   (void)level;
-  quantize_q4k_row_scalar(row, k, out);
+  quantize_q4k_row_scalar(row, k, importance, out);
 }
 
 }  // namespace detail

@@ -10,7 +10,8 @@
 
 namespace cpuchat::kernels {
 
-ReferenceWeights reference_quantize_weights(const float* w, int64_t n, int64_t k, int64_t ld, Scheme scheme) {
+ReferenceWeights reference_quantize_weights(const float* w, int64_t n, int64_t k, int64_t ld, Scheme scheme,
+                                            const float* column_importance) {
   if (n <= 0 || k <= 0 || ld < k || w == nullptr) {
     throw std::invalid_argument("reference_quantize_weights: bad shape n=" + std::to_string(n) +
                                 " k=" + std::to_string(k) + " ld=" + std::to_string(ld));
@@ -22,7 +23,8 @@ ReferenceWeights reference_quantize_weights(const float* w, int64_t n, int64_t k
       for (int64_t s = 0; s < supers; ++s) {
         const int64_t begin = s * kSuperBlockSize;
         blocks[row * supers + s] =
-            quantize_q4k_super_block(w + row * ld + begin, std::min<int64_t>(kSuperBlockSize, k - begin));
+            quantize_q4k_super_block(w + row * ld + begin, std::min<int64_t>(kSuperBlockSize, k - begin),
+                                     column_importance != nullptr ? column_importance + begin : nullptr);
       }
     }
     return reference_weights_from_q4k(blocks, n, k);
@@ -40,10 +42,11 @@ ReferenceWeights reference_quantize_weights(const float* w, int64_t n, int64_t k
     if (scheme == Scheme::Q4G32) {
       for (int64_t g = 0; g < r.groups; ++g) {
         const int64_t begin = g * kGroupSize, count = std::min<int64_t>(kGroupSize, k - begin);
-        r.scales[row * r.groups + g] = quantize_q4(w + row * ld + begin, count, true, q + begin);
+        r.scales[row * r.groups + g] = quantize_q4(w + row * ld + begin, count, true, q + begin,
+                                                   column_importance != nullptr ? column_importance + begin : nullptr);
       }
     } else {
-      r.scales[row] = quantize_q4(w + row * ld, k, false, q);
+      r.scales[row] = quantize_q4(w + row * ld, k, false, q, column_importance);
     }
   }
   return r;

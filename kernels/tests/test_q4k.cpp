@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <utility>
 
 #include "cpuchat_kernels/reference.h"
@@ -145,10 +146,11 @@ TEST(Q4k, ScaleSearchesReduceTheError) {
 
 // The weight searches' SIMD builds (16 / 8 / 4 lanes) against the one-block-at-a-time scalar
 // code (quantize_q4 per group, quantize_q4k_super_block): bit for bit, on rows with a partial
-// last group and super-block, outliers, an all-zero group and a constant sub-block.
+// last group and super-block, outliers, an all-zero group and a constant sub-block, without and
+// with per-column importance.
 TEST(Q4k, WeightSearchesAreBitIdenticalOnEveryLevel) {
-  using RowG32 = void (*)(const float*, int64_t, int8_t*, float*);
-  using RowQ4k = void (*)(const float*, int64_t, Q4kSuperBlock*);
+  using RowG32 = void (*)(const float*, int64_t, const float*, int8_t*, float*);
+  using RowQ4k = void (*)(const float*, int64_t, const float*, Q4kSuperBlock*);
   std::vector<std::pair<const char*, std::pair<RowG32, RowQ4k>>> versions = {
       {"baseline", {detail::quantize_q4g32_row_scalar, detail::quantize_q4k_row_scalar}}};
 #if defined(__x86_64__)
@@ -162,30 +164,67 @@ TEST(Q4k, WeightSearchesAreBitIdenticalOnEveryLevel) {
   std::vector<float> w = test::random_matrix(n, k, 23, 0.01f, 10.0f);
   for (int64_t i = 0; i < kGroupSize; ++i) w[1 * k + 64 + i] = 0.0f;     // an all-zero group
   for (int64_t i = 0; i < kGroupSize; ++i) w[2 * k + 288 + i] = 0.003f;  // a constant sub-block
+  std::vector<float> column = test::random_matrix(1, k, 29, 0.0f, 1.0f);
+  for (float& c : column) c = 0.05f + c * c * 20.0f;  // positive, spread over 400x
   const int64_t groups = (k + kGroupSize - 1) / kGroupSize, supers = q4k_super_blocks(k);
-  for (int64_t r = 0; r < n; ++r) {
-    const float* row = w.data() + r * k;
-    std::vector<int8_t> q_ref(static_cast<size_t>(groups * kGroupSize), 0);
-    std::vector<float> d_ref(static_cast<size_t>(groups));
-    std::vector<Q4kSuperBlock> b_ref(static_cast<size_t>(supers));
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t begin = g * kGroupSize;
-      d_ref[g] = quantize_q4(row + begin, std::min<int64_t>(kGroupSize, k - begin), true, q_ref.data() + begin);
+  for (const float* importance : {static_cast<const float*>(nullptr), static_cast<const float*>(column.data())}) {
+    const auto at = [&](int64_t begin) { return importance != nullptr ? importance + begin : nullptr; };
+    for (int64_t r = 0; r < n; ++r) {
+      const float* row = w.data() + r * k;
+      std::vector<int8_t> q_ref(static_cast<size_t>(groups * kGroupSize), 0);
+      std::vector<float> d_ref(static_cast<size_t>(groups));
+      std::vector<Q4kSuperBlock> b_ref(static_cast<size_t>(supers));
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t begin = g * kGroupSize;
+        d_ref[g] = quantize_q4(row + begin, std::min<int64_t>(kGroupSize, k - begin), true, q_ref.data() + begin,
+                               at(begin));
+      }
+      for (int64_t s = 0; s < supers; ++s) {
+        const int64_t begin = s * kSuperBlockSize;
+        b_ref[s] = quantize_q4k_super_block(row + begin, std::min<int64_t>(kSuperBlockSize, k - begin), at(begin));
+      }
+      for (const auto& [name, fns] : versions) {
+        const std::string what = std::string(name) + (importance ? " with importance" : "") + " row " + std::to_string(r);
+        std::vector<int8_t> q(q_ref.size(), 0);
+        std::vector<float> d(d_ref.size());
+        std::vector<Q4kSuperBlock> b(b_ref.size());
+        fns.first(row, k, importance, q.data(), d.data());
+        fns.second(row, k, importance, b.data());
+        EXPECT_EQ(q, q_ref) << what;
+        EXPECT_EQ(std::memcmp(d.data(), d_ref.data(), d.size() * sizeof(float)), 0) << what;
+        EXPECT_EQ(std::memcmp(b.data(), b_ref.data(), b.size() * sizeof(Q4kSuperBlock)), 0) << what;
+      }
     }
-    for (int64_t s = 0; s < supers; ++s) {
-      const int64_t begin = s * kSuperBlockSize;
-      b_ref[s] = quantize_q4k_super_block(row + begin, std::min<int64_t>(kSuperBlockSize, k - begin));
-    }
-    for (const auto& [name, fns] : versions) {
-      std::vector<int8_t> q(q_ref.size(), 0);
-      std::vector<float> d(d_ref.size());
-      std::vector<Q4kSuperBlock> b(b_ref.size());
-      fns.first(row, k, q.data(), d.data());
-      fns.second(row, k, b.data());
-      EXPECT_EQ(q, q_ref) << name << " row " << r;
-      EXPECT_EQ(std::memcmp(d.data(), d_ref.data(), d.size() * sizeof(float)), 0) << name << " row " << r;
-      EXPECT_EQ(std::memcmp(b.data(), b_ref.data(), b.size() * sizeof(Q4kSuperBlock)), 0) << name << " row " << r;
-    }
+  }
+}
+
+// Column importance (pack_rows' optional weights) reaches every scheme's packer as the
+// reference sees it, and trades error where it is cheap for error where it matters.
+TEST(Q4k, ColumnImportanceIsUsedAsTheReferenceUsesIt) {
+  const int64_t n = 32, k = 2 * kSuperBlockSize + 40, m = 3;
+  const std::vector<float> w = test::random_matrix(n, k, 41);
+  const std::vector<float> x = test::random_matrix(m, k, 43);
+  std::vector<float> column(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) column[i] = i % 3 == 0 ? 8.0f : 0.5f;  // every third input matters 16x more
+  QuantizedActivations xq;
+  xq.quantize(x.data(), m, k, k);
+  for (Scheme scheme : kAllSchemes) {
+    PackedWeights packed = PackedWeights::allocate(n, k, scheme);
+    packed.pack_rows(w.data(), k, 0, n, column.data());
+    const ReferenceWeights ref = reference_quantize_weights(w.data(), n, k, k, scheme, column.data());
+    const ReferenceWeights plain = reference_quantize_weights(w.data(), n, k, k, scheme);
+    std::vector<float> y(static_cast<size_t>(m * n)), y_ref(y.size());
+    matmul(xq, packed, y.data(), n, 0, n);
+    reference_matmul(xq, ref, y_ref.data(), n);
+    EXPECT_EQ(std::memcmp(y.data(), y_ref.data(), y.size() * sizeof(float)), 0) << scheme_name(scheme);
+    double err_weighted = 0, err_plain = 0;  // the importance-weighted squared weight error
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < k; ++c) {
+        const double e1 = w[r * k + c] - ref.dequantized(r, c), e0 = w[r * k + c] - plain.dequantized(r, c);
+        err_weighted += column[c] * e1 * e1;
+        err_plain += column[c] * e0 * e0;
+      }
+    EXPECT_LT(err_weighted, 0.97 * err_plain) << scheme_name(scheme);
   }
 }
 

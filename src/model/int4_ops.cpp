@@ -1,6 +1,7 @@
 // The INT4 backend inside libtorch, the way KleidiAI sits inside PyTorch: two custom
 // operators,
-//   cpuchat::int4_pack(Tensor weight, str scheme) -> Tensor      at load: quantize + repack
+//   cpuchat::int4_pack(Tensor weight, str scheme, Tensor? column_importance) -> Tensor
+//                                                                at load: quantize + repack
 //   cpuchat::int4_linear(Tensor x, Tensor packed) -> Tensor      per call: int8 x int4 matmul
 // The packed tensor is a uint8 blob: a kHeaderBytes header (kernels::PackedHeader) and the
 // kernels' 64-byte aligned packed weights. int4_linear quantizes x once, then splits the
@@ -46,7 +47,8 @@ torch::Tensor blob_of(kn::PackedWeights w) {
   return out;
 }
 
-torch::Tensor int4_pack_op(const torch::Tensor& weight, c10::string_view scheme_name) {
+torch::Tensor int4_pack_op(const torch::Tensor& weight, c10::string_view scheme_name,
+                           const c10::optional<torch::Tensor>& column_importance) {
   TORCH_CHECK(weight.dim() == 2, "int4_pack: weight must be 2-D [N, K]");
   TORCH_CHECK(scheme_name == "q4c" || scheme_name == "q4g32" || scheme_name == "q4k",
               "int4_pack: scheme must be q4g32, q4c or q4k");
@@ -56,6 +58,13 @@ torch::Tensor int4_pack_op(const torch::Tensor& weight, c10::string_view scheme_
   kn::PackedWeights w = kn::PackedWeights::allocate(n, k, scheme);
   torch::Tensor src = weight.is_contiguous() ? weight : weight.contiguous();
   if (src.scalar_type() != torch::kBFloat16 && src.scalar_type() != torch::kFloat32) src = src.to(torch::kFloat32);
+  torch::Tensor importance;
+  if (column_importance && column_importance->defined()) {
+    TORCH_CHECK(column_importance->dim() == 1 && column_importance->size(0) == k,
+                "int4_pack: column_importance must have K = ", k, " values");
+    importance = column_importance->to(torch::kFloat32).contiguous();
+  }
+  const float* imp = importance.defined() ? importance.data_ptr<float>() : nullptr;
   // A GGUF Q4_K tensor packs into q4k exactly, from its own blocks (see gguf_quant.h).
   const std::unique_ptr<gguf::ExactQ4kSource> exact = scheme == kn::Scheme::Q4K ? gguf::take_exact_q4k(src) : nullptr;
   // Row blocks are independent: pack them on libtorch's threads.
@@ -65,9 +74,9 @@ torch::Tensor int4_pack_op(const torch::Tensor& weight, c10::string_view scheme_
     if (exact)
       gguf::pack_exact_q4k(*exact, w, r0, r1);
     else if (src.scalar_type() == torch::kBFloat16)
-      w.pack_rows_bf16(reinterpret_cast<const uint16_t*>(src.data_ptr()) + r0 * k, k, r0, r1);
+      w.pack_rows_bf16(reinterpret_cast<const uint16_t*>(src.data_ptr()) + r0 * k, k, r0, r1, imp);
     else
-      w.pack_rows(src.data_ptr<float>() + r0 * k, k, r0, r1);
+      w.pack_rows(src.data_ptr<float>() + r0 * k, k, r0, r1, imp);
   });
   return blob_of(std::move(w));
 }
@@ -101,7 +110,7 @@ torch::Tensor int4_linear_op(const torch::Tensor& x_in, const torch::Tensor& pac
 }  // namespace
 
 TORCH_LIBRARY(cpuchat, m) {
-  m.def("int4_pack(Tensor weight, str scheme) -> Tensor", int4_pack_op);
+  m.def("int4_pack(Tensor weight, str scheme, Tensor? column_importance=None) -> Tensor", int4_pack_op);
   m.def("int4_linear(Tensor x, Tensor packed) -> Tensor", int4_linear_op);
 }
 
@@ -124,11 +133,13 @@ class Int4Linear : public Linear {
 
 }  // namespace
 
-torch::Tensor int4_pack(const torch::Tensor& weight, QuantScheme quant) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cpuchat::int4_pack", "")
-                       .typed<torch::Tensor(const torch::Tensor&, c10::string_view)>();
-  return op.call(weight, quant_name(quant));
+torch::Tensor int4_pack(const torch::Tensor& weight, QuantScheme quant, const torch::Tensor& column_importance) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("cpuchat::int4_pack", "")
+          .typed<torch::Tensor(const torch::Tensor&, c10::string_view, const c10::optional<torch::Tensor>&)>();
+  return op.call(weight, quant_name(quant),
+                 column_importance.defined() ? c10::optional<torch::Tensor>(column_importance) : c10::nullopt);
 }
 
 torch::Tensor gguf::pack_q4k_blob(const ExactQ4kSource& source) {

@@ -27,8 +27,12 @@ class Linear {
 std::unique_ptr<Linear> make_torch_linear(torch::Tensor weight, Backend backend);
 // The INT4 kernels (the "after" path): int4_pack quantizes and repacks `weight` once (a
 // uint8 tensor: kernels header + packed blob); the linear quantizes x per call.
-torch::Tensor int4_pack(const torch::Tensor& weight, QuantScheme quant);
+// column_importance (optional, K values): how much each input channel's rounding error
+// matters, e.g. the squared RMSNorm weights in front of the layer (see Model::Model).
+torch::Tensor int4_pack(const torch::Tensor& weight, QuantScheme quant, const torch::Tensor& column_importance = {});
 std::unique_ptr<Linear> make_int4_linear(torch::Tensor packed);
+// What the packed bytes depend on besides the scheme and the weights (keys the packed cache).
+std::string int4_quantizer_revision();
 bool int4_packed_shape_is(const torch::Tensor& packed, int64_t n, int64_t k);
 // The kernel ISA level in use ("avx512vnni", ...).
 std::string int4_isa_name();

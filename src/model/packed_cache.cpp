@@ -19,6 +19,7 @@
 #include "common/regular_file.h"
 #include "common/xxhash64.h"
 #include "cpuchat_kernels/int4_matmul.h"
+#include "model/model.h"
 #include "model/packed_cache_format.h"
 
 namespace cpuchat {
@@ -90,6 +91,7 @@ std::string PackedCache::fingerprint(const Checkpoint& ck, QuantScheme quant) {
   json j = {{"quant", quant_name(quant)},
             {"layout", active_layout_name()},
             {"kernels_packed_version", kn::PackedHeader::kVersion},
+            {"quantizer", int4_quantizer_revision()},
             {"files", json::array()}};
   for (const auto& f : ck.files)
     j["files"].push_back({fs::path(f->path()).filename().string(), f->size(), content_sample_hash(*f)});

@@ -5,6 +5,8 @@
 // attention stay per sequence. Activations are fp32 throughout; only the linear layers
 // differ between backends.
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "model/attention.h"
 #include "model/model.h"
@@ -29,7 +31,30 @@ class TorchLinear : public Linear {
 
 torch::ScalarType torch_dtype(Backend b) { return b == Backend::FP32 ? torch::kFloat32 : torch::kBFloat16; }
 
+// CPUCHAT_Q4_NORM_IMPORTANCE=off (read once) packs without the norm weights, to measure
+// what they buy.
+bool norm_importance_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("CPUCHAT_Q4_NORM_IMPORTANCE");
+    return v == nullptr || std::string(v) != "off";
+  }();
+  return enabled;
+}
+
+// The int4 quantizer's column weights for a layer behind RMSNorm weights g. The input is
+// x_k = g_k n_k (n: the normalized residual), so column k's rounding error reaches the output
+// scaled by g_k; but n's own per-channel scale is unknown without data, and weighting by g^2
+// over-trusts g. sqrt|g| (AWQ's usual alpha = 0.5) measured best on stories260K: KL on
+// tests/data/tinystory.txt against no weights g^2 +13 %, |g| +6 %, |g|^0.25 +3 %, sqrt|g| -4 %
+// (and -4 % on a second text; docs/BENCHMARKS.md).
+torch::Tensor column_importance_of(const torch::Tensor& norm) {
+  if (!norm_importance_enabled() || !norm.defined()) return {};
+  return norm.abs().sqrt();
+}
+
 }  // namespace
+
+std::string int4_quantizer_revision() { return norm_importance_enabled() ? "sqrt-norm-importance" : "plain"; }
 
 std::unique_ptr<Linear> make_torch_linear(torch::Tensor weight, Backend backend) {
   // A mapped tensor of the right dtype is used in place; anything else is converted once.
@@ -42,13 +67,16 @@ Model::Model(Checkpoint ck, Backend backend, QuantScheme quant, PackedCache* pac
     : config_(ck.config), backend_(backend) {
   const ModelConfig& c = config_;
   // `name` keys the packed cache; `w` is only read when the cache does not have it.
-  auto make_linear = [&](const std::string& name, const torch::Tensor& w) -> std::unique_ptr<Linear> {
+  // `norm`: the RMSNorm weights that scale this layer's input, or undefined: the quantizer
+  // weighs each column's error by them (column_importance_of).
+  auto make_linear = [&](const std::string& name, const torch::Tensor& w,
+                         const torch::Tensor& norm = {}) -> std::unique_ptr<Linear> {
     if (backend != Backend::INT4) return make_torch_linear(w, backend);
     torch::Tensor packed = packed_cache ? packed_cache->find(name) : torch::Tensor();
     if (packed.defined() && !int4_packed_shape_is(packed, w.size(0), w.size(1)))
       throw std::runtime_error(packed_cache->path() + ": " + name + " has another shape than the checkpoint; delete the cache");
     if (!packed.defined()) {
-      packed = int4_pack(w, quant);
+      packed = int4_pack(w, quant, column_importance_of(norm));
       if (packed_cache) packed_cache->record(name, packed);
     }
     return make_int4_linear(packed);
@@ -64,11 +92,11 @@ Model::Model(Checkpoint ck, Backend backend, QuantScheme quant, PackedCache* pac
     if (packed_cache) packed_cache->record(name, packed);
     return make_int4_linear(packed);
   };
-  auto linear = [&](const std::string& name) {
+  auto linear = [&](const std::string& name, const torch::Tensor& norm = {}) {
     if (std::unique_ptr<Linear> exact = exact_q4k(name)) return exact;
     torch::Tensor w = ck.take(name);
     n_params_ += w.numel();
-    std::unique_ptr<Linear> lin = make_linear(name, w);
+    std::unique_ptr<Linear> lin = make_linear(name, w, norm);
     if (w.scalar_type() != torch_dtype(backend) || backend == Backend::INT4) ck.release_pages(w);
     return lin;
   };
@@ -83,12 +111,12 @@ Model::Model(Checkpoint ck, Backend backend, QuantScheme quant, PackedCache* pac
     Layer& L = layers_[l];
     L.attn_norm = norm(layer_tensor(l, "input_layernorm.weight"));
     L.ffn_norm = norm(layer_tensor(l, "post_attention_layernorm.weight"));
-    L.wq = linear(layer_tensor(l, "self_attn.q_proj.weight"));
-    L.wk = linear(layer_tensor(l, "self_attn.k_proj.weight"));
-    L.wv = linear(layer_tensor(l, "self_attn.v_proj.weight"));
+    L.wq = linear(layer_tensor(l, "self_attn.q_proj.weight"), L.attn_norm);
+    L.wk = linear(layer_tensor(l, "self_attn.k_proj.weight"), L.attn_norm);
+    L.wv = linear(layer_tensor(l, "self_attn.v_proj.weight"), L.attn_norm);
     L.wo = linear(layer_tensor(l, "self_attn.o_proj.weight"));
-    L.w_gate = linear(layer_tensor(l, "mlp.gate_proj.weight"));
-    L.w_up = linear(layer_tensor(l, "mlp.up_proj.weight"));
+    L.w_gate = linear(layer_tensor(l, "mlp.gate_proj.weight"), L.ffn_norm);
+    L.w_up = linear(layer_tensor(l, "mlp.up_proj.weight"), L.ffn_norm);
     L.w_down = linear(layer_tensor(l, "mlp.down_proj.weight"));
   }
   final_norm_ = norm("model.norm.weight");
@@ -97,11 +125,11 @@ Model::Model(Checkpoint ck, Backend backend, QuantScheme quant, PackedCache* pac
   torch::Tensor embed = ck.take("model.embed_tokens.weight");
   n_params_ += embed.numel();
   if (c.tied_embeddings) {
-    head_ = make_linear("lm_head.weight", embed);
+    head_ = make_linear("lm_head.weight", embed, final_norm_);
   } else if (!(head_ = exact_q4k("lm_head.weight"))) {
     torch::Tensor head = ck.take("lm_head.weight");
     n_params_ += head.numel();
-    head_ = make_linear("lm_head.weight", head);
+    head_ = make_linear("lm_head.weight", head, final_norm_);
     if (backend == Backend::INT4 || head.scalar_type() != torch_dtype(backend)) ck.release_pages(head);
   }
   // The embedding table is only gathered from, a row per token: fp32 runs keep an fp32

@@ -74,9 +74,13 @@ class PackedWeights {
   // Quantizes and packs rows [row_begin, row_end) of W. `rows` points at row row_begin,
   // consecutive rows are `ld` elements apart (ld >= K). row_begin must be a multiple of
   // row_alignment(); row_end too, unless it is N. Disjoint ranges may be packed concurrently.
-  void pack_rows(const float* rows, int64_t ld, int64_t row_begin, int64_t row_end);
+  // column_importance: null, or K non-negative weights of the input channels (e.g. E[x_k^2]
+  // of the activations column k meets); the scale searches weight each value's error by it.
+  void pack_rows(const float* rows, int64_t ld, int64_t row_begin, int64_t row_end,
+                 const float* column_importance = nullptr);
   // Same from bf16 rows (raw uint16_t bf16 bits), e.g. straight from a checkpoint.
-  void pack_rows_bf16(const uint16_t* rows, int64_t ld, int64_t row_begin, int64_t row_end);
+  void pack_rows_bf16(const uint16_t* rows, int64_t ld, int64_t row_begin, int64_t row_end,
+                      const float* column_importance = nullptr);
   // Q4K only: stores already-quantized super-blocks exactly (e.g. a GGUF Q4_K tensor, no
   // float round trip). `blocks` holds (row_end - row_begin) x ceil(K / 256) super-blocks in
   // row order; same row-range rules as pack_rows. Values out of range (sc, m > 63, q > 15)
@@ -98,7 +102,7 @@ class PackedWeights {
 
  private:
   template <typename Src>
-  void pack_rows_impl(const Src* rows, int64_t ld, int64_t row_begin, int64_t row_end);
+  void pack_rows_impl(const Src* rows, int64_t ld, int64_t row_begin, int64_t row_end, const float* column_importance);
 
   PackedHeader header_{};
   std::shared_ptr<uint8_t> owned_;  // null for a view

@@ -18,7 +18,9 @@ namespace cpuchat::kernels {
 // every candidate is rounded to bf16 FIRST and the values are quantized with the rounded
 // scale, so the stored scale is the one the values were rounded against.
 // q[i] = clamp(round_to_nearest_even(w[i] * (1/d)), -8, 7). Returns d (0 for an all-zero input).
-float quantize_q4(const float* w, int64_t count, bool bf16_scale, int8_t* q);
+// column_importance (null, or `count` non-negative weights): how much each input channel's
+// error matters (e.g. E[x_i^2] of the activations it multiplies); c_i is multiplied by it.
+float quantize_q4(const float* w, int64_t count, bool bf16_scale, int8_t* q, const float* column_importance = nullptr);
 // The former rule (d = v / -8, no search), kept to measure what the search buys.
 float quantize_q4_absmax(const float* w, int64_t count, bool bf16_scale, int8_t* q);
 
@@ -29,8 +31,8 @@ float quantize_q4_absmax(const float* w, int64_t count, bool bf16_scale, int8_t*
 // the search of llama.cpp's make_qkx2_quants); then sc/m are rounded to 6 bits against the
 // fp16-rounded d/dmin (floor or ceil, whichever requantizes better), and twice (d, dmin) are
 // re-solved by weighted least squares for the chosen integers and q re-rounded, kept if the
-// super-block's error drops.
-Q4kSuperBlock quantize_q4k_super_block(const float* w, int64_t count);
+// super-block's error drops. column_importance: as for quantize_q4.
+Q4kSuperBlock quantize_q4k_super_block(const float* w, int64_t count, const float* column_importance = nullptr);
 // fp32 values the kernels multiply by (one fp32 product each).
 inline float q4k_effective_scale(uint16_t d, uint8_t sc) { return fp16_to_float(d) * static_cast<float>(sc); }
 inline float q4k_effective_min(uint16_t dmin, uint8_t m) { return fp16_to_float(dmin) * static_cast<float>(m); }
@@ -46,7 +48,9 @@ struct ReferenceWeights {
 
   float dequantized(int64_t row, int64_t col) const;  // the value the kernels multiply by
 };
-ReferenceWeights reference_quantize_weights(const float* w, int64_t n, int64_t k, int64_t ld, Scheme scheme);
+// column_importance: null or K weights, as PackedWeights::pack_rows takes them.
+ReferenceWeights reference_quantize_weights(const float* w, int64_t n, int64_t k, int64_t ld, Scheme scheme,
+                                            const float* column_importance = nullptr);
 
 // Exact int32 dot product of activation row m and weight row n over group g.
 int32_t reference_group_dot(const QuantizedActivations& x, const ReferenceWeights& w, int64_t m, int64_t n,

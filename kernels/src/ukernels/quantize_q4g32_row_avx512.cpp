@@ -5,8 +5,8 @@
 
 namespace cpuchat::kernels::detail {
 
-void quantize_q4g32_row_avx512(const float* row, int64_t k, int8_t* q, float* scales) {
-  q4g32_row_lanes<16>(row, k, q, scales);
+void quantize_q4g32_row_avx512(const float* row, int64_t k, const float* importance, int8_t* q, float* scales) {
+  q4g32_row_lanes<16>(row, k, importance, q, scales);
 }
 
 }  // namespace cpuchat::kernels::detail

@@ -6,8 +6,8 @@
 
 namespace cpuchat::kernels::detail {
 
-void quantize_q4k_row_avx2(const float* row, int64_t k, Q4kSuperBlock* out) {
-  q4k_row_lanes<8>(row, k, out);
+void quantize_q4k_row_avx2(const float* row, int64_t k, const float* importance, Q4kSuperBlock* out) {
+  q4k_row_lanes<8>(row, k, importance, out);
 }
 
 }  // namespace cpuchat::kernels::detail

@@ -6,8 +6,8 @@
 
 namespace cpuchat::kernels::detail {
 
-void quantize_q4k_row_neon(const float* row, int64_t k, Q4kSuperBlock* out) {
-  q4k_row_lanes<4>(row, k, out);
+void quantize_q4k_row_neon(const float* row, int64_t k, const float* importance, Q4kSuperBlock* out) {
+  q4k_row_lanes<4>(row, k, importance, out);
 }
 
 }  // namespace cpuchat::kernels::detail
