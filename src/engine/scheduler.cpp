@@ -327,15 +327,38 @@ int Scheduler::choose_slot(const std::vector<SlotView>& slots, const std::vector
   return best_len * 2 >= prompt.size() && best_len > 0 ? best : lru;
 }
 
+// Prompt rows a newcomer would share with a prompt still being processed before it is worth
+// waiting for them (n > 1 samples, or simultaneous chats behind one long system prompt).
+constexpr size_t kMinSharedPrefill = 16;
+
+bool Scheduler::waits_for_shared_prefill_locked(const Job& job) const {
+  const std::vector<int>& prompt = job.req.prompt_ids;
+  if (!job.req.cache_prompt) return false;
+  size_t available = 0;  // the longest prefix some slot already holds
+  for (const Slot& s : slots_) available = std::max(available, common_prefix_length(s.cached, prompt));
+  for (const Slot& s : slots_) {
+    if (!s.job || s.job->decoding) continue;
+    const size_t shared = std::min(common_prefix_length(s.job->req.prompt_ids, prompt), prompt.size() - 1);
+    if (shared > s.cached.size() && shared >= available + kMinSharedPrefill) return true;
+  }
+  return false;
+}
+
 void Scheduler::admit_locked() {
-  while (!queue_.empty()) {
-    const std::vector<int>& prompt = queue_.front()->req.prompt_ids;
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    // A request whose prompt begins with rows another slot is still computing waits for
+    // them (they are then copied, not computed twice); the requests behind it go on.
+    if (waits_for_shared_prefill_locked(**it)) {
+      ++it;
+      continue;
+    }
+    const std::vector<int>& prompt = (*it)->req.prompt_ids;
     std::vector<SlotView> views;
     for (const Slot& s : slots_) views.push_back({s.job != nullptr, &s.cached, s.last_used, &s.key});
-    const int s = choose_slot(views, prompt, queue_.front()->req.affinity_key);
+    const int s = choose_slot(views, prompt, (*it)->req.affinity_key);
     if (s < 0) return;
-    std::shared_ptr<Job> job = queue_.front();
-    queue_.pop_front();
+    std::shared_ptr<Job> job = *it;
+    it = queue_.erase(it);
     Slot& slot = slots_[size_t(s)];
     // The longest prefix any slot holds (a shared system prompt, a forked conversation):
     // copied into this slot rather than computed again. At least the last prompt token

@@ -80,6 +80,7 @@ class Scheduler {
   };
   void loop();
   void admit_locked();                     // queue -> free slots
+  bool waits_for_shared_prefill_locked(const Job& job) const;
   void finish(int slot, const char* reason);  // frees the slot, hands the result to the waiter
   int prefill_budget(int decode_rows) const;
 

@@ -43,7 +43,7 @@ json bytes_array(const std::string& s) {
 // One choice: chat choices carry `message`/`delta`, text completions `text`.
 json choice_json(const AnswerHeader& h, const json& content_or_delta, const json& finish_reason,
                  const json& logprobs, bool chunk) {
-  json c = {{"index", 0}};
+  json c = {{"index", h.choice}};
   if (h.endpoint == Endpoint::Chat) {
     c[chunk ? "delta" : "message"] = content_or_delta;
   } else {

@@ -23,6 +23,7 @@ struct AnswerHeader {
   std::string id;        // "chatcmpl-..." / "cmpl-..." / "resp_..."
   int64_t created = 0;   // unix seconds
   std::string model;     // the served model id, e.g. "stories260K-int4"
+  int choice = 0;        // the choice's index (n > 1 answers share one id)
 };
 AnswerHeader new_answer_header(Endpoint endpoint, const std::string& model);
 // "req_..." for the X-Request-Id of a request that brought none.

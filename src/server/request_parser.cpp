@@ -130,9 +130,8 @@ CompletionParams parse_common(const json& body, bool logprobs_is_count) {
   CompletionParams p;
   if (auto m = string_field(body, "model")) p.model = *m;
 
-  if (auto n = integer_in(body, "n", -1e18, 1e18); n && *n != 1)
-    throw invalid("n", "only n=1 is supported (got " + std::to_string(*n) + ")",
-                  "unsupported_value");
+  // n answers to one prompt: the prompt is processed once (the engine copies its rows).
+  if (auto n = integer_in(body, "n", 1, kMaxChoices)) p.n = static_cast<int>(*n);
 
   // max_completion_tokens is the newer name; it wins when both are given.
   auto max_tokens = integer_in(body, "max_tokens", 1, kMaxTokensLimit);

@@ -15,6 +15,7 @@
 namespace cpuchat::server {
 
 inline constexpr int kMaxTokensLimit = 1000000;  // above this a max_tokens value is a mistake
+inline constexpr int kMaxChoices = 128;          // n, as OpenAI's limit
 inline constexpr int kMaxStopStrings = 4;
 inline constexpr int kMaxTopLogprobs = 20;
 
@@ -47,6 +48,7 @@ struct OutputOptions {
 // Fields shared by /v1/chat/completions and /v1/completions.
 struct CompletionParams {
   std::string model;                  // "" selects the first backend
+  int n = 1;                          // answers to sample from the one prompt (choices)
   std::optional<int> max_tokens;      // none: up to the end of the context
   SamplingParams sampling;            // engine defaults where the request is silent
   std::vector<std::string> stop;

@@ -1,9 +1,13 @@
 // ApiServer: the httplib wiring of docs/API.md.
 #include "server/server.h"
 
+#include <atomic>
 #include <cctype>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -96,6 +100,89 @@ std::string model_name(const ModelInfo& info) {
   return dot == std::string::npos || dot == 0 ? base : base.substr(0, dot);
 }
 
+// Waits for every generation at once: each wait() runs on a thread of its own and hands its
+// events to this thread, which calls on_token(choice, event) in arrival order. on_token
+// returning false, or keep_going, stops them all. One generation is waited for in place.
+std::vector<GenerateResult> wait_for_choices(const std::vector<std::shared_ptr<Generation>>& gens,
+                                             const std::function<bool(int, const TokenEvent&)>& on_token,
+                                             const std::function<bool()>& keep_going) {
+  std::vector<GenerateResult> results(gens.size());
+  if (gens.size() == 1) {
+    TokenCallback one;
+    if (on_token) one = [&](const TokenEvent& ev) { return on_token(0, ev); };
+    results[0] = gens[0]->wait(one, keep_going);
+    return results;
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::pair<int, TokenEvent>> events;
+  size_t finished = 0;
+  std::atomic<bool> stop{false};
+  std::vector<std::exception_ptr> errors(gens.size());
+  std::vector<std::thread> waiters;
+  for (size_t i = 0; i < gens.size(); ++i)
+    waiters.emplace_back([&, i] {
+      try {
+        TokenCallback forward;
+        if (on_token)
+          forward = [&](const TokenEvent& ev) {
+            {
+              std::lock_guard<std::mutex> lock(mu);
+              events.emplace_back(int(i), ev);
+            }
+            cv.notify_one();
+            return !stop.load();
+          };
+        results[i] = gens[i]->wait(forward, [&] { return !stop.load() && (!keep_going || keep_going()); });
+      } catch (...) {
+        errors[i] = std::current_exception();
+        for (const auto& g : gens) g->cancel();  // one failed: the answer as a whole has
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        ++finished;
+      }
+      cv.notify_one();
+    });
+  for (;;) {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return !events.empty() || finished == gens.size(); });
+    if (events.empty()) break;  // all finished, all delivered
+    std::pair<int, TokenEvent> ev = std::move(events.front());
+    events.pop_front();
+    lock.unlock();
+    if (!stop && !on_token(ev.first, ev.second)) {
+      stop = true;
+      for (const auto& g : gens) g->cancel();
+    }
+  }
+  for (std::thread& t : waiters) t.join();
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+  return results;
+}
+
+// The metrics of n answers to one prompt, as one answer's: the prompt counted once, the
+// generated tokens, times billed and costs summed, speeds over the answers together.
+Metrics combined_metrics(const std::vector<GenerateResult>& results) {
+  Metrics all = results.front().metrics;
+  for (size_t i = 1; i < results.size(); ++i) {
+    const Metrics& m = results[i].metrics;
+    all.prompt_tokens_processed += m.prompt_tokens_processed;
+    all.completion_tokens += m.completion_tokens;
+    all.ttft_s = std::min(all.ttft_s, m.ttft_s);
+    all.decode_tokens_per_s += m.decode_tokens_per_s;  // the answers decode side by side
+    all.total_time_s = std::max(all.total_time_s, m.total_time_s);
+    all.queue_time_s = std::max(all.queue_time_s, m.queue_time_s);
+    all.billed_time_s += m.billed_time_s;
+    all.billed_decode_time_s += m.billed_decode_time_s;
+    all.mean_batch_size += m.mean_batch_size;
+    all.instance_decode_tokens_per_s = std::max(all.instance_decode_tokens_per_s, m.instance_decode_tokens_per_s);
+  }
+  all.mean_batch_size /= double(results.size());
+  return all;
+}
+
 }  // namespace
 
 void send_error(httplib::Response& res, const ApiError& e) {
@@ -111,7 +198,7 @@ struct ApiServer::PreparedGeneration {
   CompletionParams params;
   GenerateRequest request;
   Pricing pricing;
-  std::shared_ptr<Generation> generation;  // queued on the model's engine
+  std::vector<std::shared_ptr<Generation>> generations;  // queued on the model's engine, one per choice (n)
   PeerWatch peer;
   ResponsesTurn turn;  // Endpoint::Responses: what it adds to the chat request it runs as
 
@@ -120,7 +207,7 @@ struct ApiServer::PreparedGeneration {
 
   // However the response ended (or never started), the engine stops working on it.
   ~PreparedGeneration() {
-    if (generation) generation->cancel();
+    for (auto& g : generations) g->cancel();
   }
 };
 
@@ -531,9 +618,24 @@ std::shared_ptr<ApiServer::PreparedGeneration> ApiServer::prepare(const httplib:
   PeerWatch peer = g->peer;
   g->keep_going = [this, peer] { return !cancelling_.load() && !peer.closed(); };
 
+  // n > 1: n requests with one prompt (the engine computes it once and copies its rows into
+  // the other slots), seeds seed, seed + 1, ... so a fixed seed gives a fixed set of answers.
+  const int n = g->params.n;
+  const ModelInfo& info = g->entry->model->info();
+  if (n > info.slots + info.max_queue)
+    throw ApiError(400, "n=" + std::to_string(n) + " is more answers than " + g->entry->id + " can hold at once (" +
+                            std::to_string(info.slots) + " slots + " + std::to_string(info.max_queue) + " queued)",
+                   "invalid_value", "n");
   try {
-    g->generation = g->entry->model->submit(g->request);
-  } catch (const QueueFull&) {
+    for (int i = 0; i < n; ++i) {
+      GenerateRequest choice = g->request;
+      if (i > 0) {
+        if (choice.sampling.seed) choice.sampling.seed = *choice.sampling.seed + uint64_t(i);
+        choice.constraint = make_constraint(*g->entry->model, g->params.output, gr.max_tokens);  // its own state
+      }
+      g->generations.push_back(g->entry->model->submit(std::move(choice)));
+    }
+  } catch (const QueueFull&) {  // the choices already queued are cancelled with g
     throw ApiError(429, "too many requests: " + std::to_string(g->entry->model->info().max_queue) +
                             " already wait for " + g->entry->id + "; retry shortly",
                    "rate_limit_exceeded");
@@ -561,19 +663,21 @@ void ApiServer::handle_generation(const httplib::Request& req, httplib::Response
   }
 }
 
-GenerateResult ApiServer::run_generation(PreparedGeneration& g, const TokenCallback& on_token) {
+std::vector<GenerateResult> ApiServer::run_generations(PreparedGeneration& g, const ChoiceTokenCallback& on_token) {
   struct ActiveCount {  // visible in /metrics and to wait_idle()
     std::atomic<int>& n;
     explicit ActiveCount(std::atomic<int>& c) : n(c) { ++n; }
     ~ActiveCount() { --n; }
   } active(active_generations_);
-  GenerateResult result = g.generation->wait(on_token, g.keep_going);
-  metrics_.observe_generation(g.entry->id, result.metrics, result.finish_reason);
-  const Metrics& m = result.metrics;
-  spdlog::info("{} {}: prompt {} ({} run), {} tokens, {}, ttft {:.3f}s, {:.1f} tok/s, batch {:.1f}", g.header.id,
-               g.entry->id, m.prompt_tokens, m.prompt_tokens_processed, m.completion_tokens, result.finish_reason,
-               m.ttft_s, m.decode_tokens_per_s, m.mean_batch_size);
-  return result;
+  std::vector<GenerateResult> results = wait_for_choices(g.generations, on_token, g.keep_going);
+  for (const GenerateResult& result : results) {
+    metrics_.observe_generation(g.entry->id, result.metrics, result.finish_reason);
+    const Metrics& m = result.metrics;
+    spdlog::info("{} {}: prompt {} ({} run), {} tokens, {}, ttft {:.3f}s, {:.1f} tok/s, batch {:.1f}", g.header.id,
+                 g.entry->id, m.prompt_tokens, m.prompt_tokens_processed, m.completion_tokens, result.finish_reason,
+                 m.ttft_s, m.decode_tokens_per_s, m.mean_batch_size);
+  }
+  return results;
 }
 
 json ApiServer::answer_metrics(const PreparedGeneration& g, const Metrics& m) const {
@@ -581,28 +685,37 @@ json ApiServer::answer_metrics(const PreparedGeneration& g, const Metrics& m) co
 }
 
 void ApiServer::respond_blocking(PreparedGeneration& g, const httplib::Request&, httplib::Response& res) {
-  GenerateResult r = run_generation(g, {});
-  if (r.finish_reason == "cancelled") {
-    if (cancelling_) throw ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down");
-    throw ApiError(499, "client closed the connection", "client_closed");
+  const std::vector<GenerateResult> results = run_generations(g, {});
+  for (const GenerateResult& r : results)
+    if (r.finish_reason == "cancelled") {
+      if (cancelling_) throw ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down");
+      throw ApiError(499, "client closed the connection", "client_closed");
+    }
+  const Metrics all = combined_metrics(results);
+  json answer;
+  for (size_t i = 0; i < results.size(); ++i) {
+    const GenerateResult& r = results[i];
+    AnswerHeader h = g.header;
+    h.choice = int(i);
+    json logprobs = g.request.top_logprobs >= 0
+                        ? logprobs_json(g.endpoint, r.logprobs,
+                                        [&](int id) { return g.entry->model->token_bytes(id); })
+                        : json();
+    if (g.endpoint == Endpoint::Responses) {
+      const ChatAnswer a = shape_answer(g.params.output, r.text, r.finish_reason);
+      const json response = response_object(g.turn, g.header, response_status(a.finish_reason), output_items(g.header, a),
+                                            responses_usage_json(r.metrics), answer_metrics(g, r.metrics));
+      store_response(g, a, response);
+      return send_json(res, 200, response);
+    }
+    const json one = g.endpoint == Endpoint::Chat  // content, or the tool calls in it
+                         ? chat_answer_json(h, shape_answer(g.params.output, r.text, r.finish_reason), logprobs,
+                                            usage_json(all), answer_metrics(g, all))
+                         : completion_json(h, r.text, r.finish_reason, logprobs, usage_json(all), answer_metrics(g, all));
+    if (i == 0) answer = one;
+    else answer["choices"].push_back(one["choices"][0]);
   }
-  json logprobs = g.request.top_logprobs >= 0
-                      ? logprobs_json(g.endpoint, r.logprobs,
-                                      [&](int id) { return g.entry->model->token_bytes(id); })
-                      : json();
-  if (g.endpoint == Endpoint::Responses) {
-    const ChatAnswer a = shape_answer(g.params.output, r.text, r.finish_reason);
-    const json response = response_object(g.turn, g.header, response_status(a.finish_reason), output_items(g.header, a),
-                                          responses_usage_json(r.metrics), answer_metrics(g, r.metrics));
-    store_response(g, a, response);
-    return send_json(res, 200, response);
-  }
-  if (g.endpoint == Endpoint::Chat)  // content, or the tool calls in it
-    return send_json(res, 200, chat_answer_json(g.header, shape_answer(g.params.output, r.text, r.finish_reason), logprobs,
-                                                usage_json(r.metrics), answer_metrics(g, r.metrics)));
-  send_json(res, 200,
-            completion_json(g.header, r.text, r.finish_reason, logprobs, usage_json(r.metrics),
-                            answer_metrics(g, r.metrics)));
+  send_json(res, 200, answer);
 }
 
 void ApiServer::respond_streaming(std::shared_ptr<PreparedGeneration> g, httplib::Response& res) {
@@ -647,51 +760,68 @@ void ApiServer::run_stream(PreparedGeneration& g, httplib::DataSink& sink) {
     send(sse_event(e.to_json()));
     send(kSseDone);
   };
+  auto cancel_all = [&] {
+    for (auto& gen : g.generations) gen->cancel();
+  };
   try {
-    const bool started = responses ? send(typed->start())
-                                   : g.endpoint != Endpoint::Chat || send_chunk(role_chunk_json(g.header));
-    if (!started) {
-      g.generation->cancel();
-      return;
+    // Each choice (n > 1) streams its own deltas under its index, interleaved as they come.
+    struct ChoiceStream {
+      AnswerHeader header, chat_header;  // with the choice's index; the chat one the shaper refers to
+      std::string streamed;  // text sent so far
+      std::optional<ChatStreamShaper> shaper;  // content or tool-call deltas (chat chunks, also for Responses)
+    };
+    std::vector<ChoiceStream> choices(g.generations.size());  // never resized: the shapers point into it
+    bool started = !responses || send(typed->start());
+    for (size_t i = 0; i < choices.size() && started; ++i) {
+      ChoiceStream& c = choices[i];
+      c.header = g.header;
+      c.header.choice = int(i);
+      c.chat_header = c.header;
+      c.chat_header.endpoint = Endpoint::Chat;
+      c.shaper.emplace(c.chat_header, g.params.output);
+      if (g.endpoint == Endpoint::Chat) started = send_chunk(role_chunk_json(c.header));
     }
+    if (!started) return cancel_all();
 
-    std::string streamed;  // text sent so far
     auto token_bytes = [&](int id) { return g.entry->model->token_bytes(id); };
-    AnswerHeader chat_header = g.header;  // the shaper makes chat chunks, also for Responses
-    chat_header.endpoint = Endpoint::Chat;
-    ChatStreamShaper shaper(chat_header, g.params.output);  // content or tool-call deltas
-    auto send_delta = [&](const std::string& text, const json& lp) {
-      if (g.endpoint == Endpoint::TextCompletion) return send_chunk(delta_chunk_json(g.header, text, lp));
-      for (const json& chunk : shaper.push(text, lp))
+    auto send_delta = [&](ChoiceStream& c, const std::string& text, const json& lp) {
+      if (g.endpoint == Endpoint::TextCompletion) return send_chunk(delta_chunk_json(c.header, text, lp));
+      for (const json& chunk : c.shaper->push(text, lp))
         if (!send_chunk(chunk)) return false;
       return true;
     };
-    GenerateResult r = run_generation(g, [&](const TokenEvent& ev) {
+    std::vector<GenerateResult> results = run_generations(g, [&](int choice, const TokenEvent& ev) {
       if (!g.keep_going()) return false;
       if (ev.text.empty() && !ev.logprob) return true;  // text held back (partial character / stop string)
-      json lp = ev.logprob ? logprobs_json(g.endpoint, {*ev.logprob}, token_bytes, streamed.size()) : json();
-      streamed += ev.text;
-      return send_delta(ev.text, lp);
+      ChoiceStream& c = choices[size_t(choice)];
+      json lp = ev.logprob ? logprobs_json(g.endpoint, {*ev.logprob}, token_bytes, c.streamed.size()) : json();
+      c.streamed += ev.text;
+      return send_delta(c, ev.text, lp);
     });
     if (write_failed) return;  // the client is gone: nobody to tell
-    if (r.finish_reason == "cancelled") {
-      if (cancelling_) send_error_event(ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down"));
-      return;
+    for (const GenerateResult& r : results)
+      if (r.finish_reason == "cancelled") {
+        if (cancelling_) send_error_event(ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down"));
+        return;
+      }
+    for (size_t i = 0; i < choices.size(); ++i) {
+      ChoiceStream& c = choices[i];
+      GenerateResult& r = results[i];
+      // Whatever the engine held back and only released in the final text.
+      if (r.text.size() > c.streamed.size() && r.text.compare(0, c.streamed.size(), c.streamed) == 0)
+        send_delta(c, r.text.substr(c.streamed.size()), json());
+      if (g.endpoint != Endpoint::TextCompletion)
+        for (const json& chunk : c.shaper->finish(r.text, r.finish_reason)) send_chunk(chunk);
+      if (responses) {
+        ChatAnswer answer;
+        json response;
+        send(typed->finish(r.finish_reason, responses_usage_json(r.metrics), answer_metrics(g, r.metrics), &answer, &response));
+        store_response(g, answer, response);
+        return;
+      }
+      send_chunk(finish_chunk_json(c.header, r.finish_reason, answer_metrics(g, r.metrics)));
     }
-    // Whatever the engine held back and only released in the final text.
-    if (r.text.size() > streamed.size() && r.text.compare(0, streamed.size(), streamed) == 0)
-      send_delta(r.text.substr(streamed.size()), json());
-    if (g.endpoint != Endpoint::TextCompletion)
-      for (const json& chunk : shaper.finish(r.text, r.finish_reason)) send_chunk(chunk);
-    if (responses) {
-      ChatAnswer answer;
-      json response;
-      send(typed->finish(r.finish_reason, responses_usage_json(r.metrics), answer_metrics(g, r.metrics), &answer, &response));
-      store_response(g, answer, response);
-      return;
-    }
-    send_chunk(finish_chunk_json(g.header, r.finish_reason, answer_metrics(g, r.metrics)));
-    if (g.params.include_usage) send(sse_event(usage_chunk_json(g.header, usage_json(r.metrics))));
+    if (g.params.include_usage) send(sse_event(usage_chunk_json(g.header, usage_json(combined_metrics(results)))));
     send(kSseDone);
   } catch (const ApiError& e) {
     send_error_event(e);

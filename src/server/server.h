@@ -86,7 +86,10 @@ class ApiServer {
   void register_responses_routes();
   void prepare_responses_prompt(PreparedGeneration& g, const httplib::Request& req, std::vector<int>& prompt);
   void store_response(const PreparedGeneration& g, const ChatAnswer& a, const nlohmann::json& response);
-  GenerateResult run_generation(PreparedGeneration& g, const TokenCallback& on_token);
+  // Waits for every choice of g (n > 1: all at once); on_token(choice, event) sees each
+  // event on the calling thread, and stops the answers by returning false.
+  using ChoiceTokenCallback = std::function<bool(int choice, const TokenEvent&)>;
+  std::vector<GenerateResult> run_generations(PreparedGeneration& g, const ChoiceTokenCallback& on_token);
   nlohmann::json answer_metrics(const PreparedGeneration& g, const Metrics& m) const;
 
   ModelEntry& resolve_model(const std::string& requested);

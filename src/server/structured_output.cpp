@@ -134,7 +134,8 @@ std::string tool_finish(const std::string& finish_reason) { return finish_reason
 
 std::string tool_call_id(const AnswerHeader& h, size_t index) {
   const size_t sep = h.id.find_first_of("-_");
-  return "call_" + (sep == std::string::npos ? h.id : h.id.substr(sep + 1)) + "_" + std::to_string(index);
+  const std::string base = "call_" + (sep == std::string::npos ? h.id : h.id.substr(sep + 1));
+  return base + (h.choice > 0 ? "_c" + std::to_string(h.choice) : "") + "_" + std::to_string(index);
 }
 
 std::vector<int> chat_prompt(const ServedModel& model, const ChatRequest& r) {

@@ -279,4 +279,28 @@ TEST(Scheduler, FollowUpTurnReusesItsSlotAndASharedPrefixIsCopied) {
   a3->wait();
 }
 
+// Several requests with one prompt (n > 1 samples) or one long system prompt, submitted
+// together: the shared rows are computed once, by the first, and copied into the others.
+TEST(Scheduler, SimultaneousRequestsComputeASharedPromptOnce) {
+  ScriptedStepModel model(4, 512, 1);
+  ByteTokenizer tok;
+  Scheduler sched(model, &tok, batch(4));
+  const std::string system = "system: you are a storyteller who tells one story only, and tells it well.\n";
+  std::vector<std::shared_ptr<Generation>> same;
+  for (int i = 0; i < 3; ++i) same.push_back(sched.submit(request(system + "user: go\nassistant: ")));
+  auto other = sched.submit(request(system + "user: another one\nassistant: "));
+  int processed = 0;
+  for (auto& g : same) {
+    GenerateResult r = g->wait();
+    EXPECT_EQ(r.text, kStory);
+    processed += r.metrics.prompt_tokens_processed;
+  }
+  const int prompt = int(prompt_of(system + "user: go\nassistant: ").size());
+  EXPECT_EQ(processed, prompt + 2);  // the two copies run only their last prompt token
+  GenerateResult o = other->wait();
+  EXPECT_EQ(o.text, kStory);
+  EXPECT_EQ(o.metrics.prompt_tokens_processed, int(std::string("another one\nassistant: ").size()));
+  EXPECT_EQ(model.copies().size(), 3u);
+}
+
 }  // namespace

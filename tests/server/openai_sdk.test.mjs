@@ -81,13 +81,56 @@ test('answers, metrics and streaming (fp32)', async (t) => {
   assert.equal(long.usage.prompt_tokens + long.usage.completion_tokens, models.data[0].ctx);
 
   // errors arrive as SDK errors with the right status
-  await assert.rejects(ai.chat.completions.create({ ...params, n: 2 }), (e) => e.status === 400 && /n=1/.test(e.message));
+  await assert.rejects(ai.chat.completions.create({ ...params, n: 0 }), (e) => e.status === 400 && e.param === 'n');
   await assert.rejects(ai.chat.completions.create({ ...params, model: 'gpt-4o' }), (e) => e.status === 404 && e.code === 'model_not_found');
   await assert.rejects(ai.chat.completions.create({ ...params, temperature: 5 }), (e) => e.status === 400 && e.param === 'temperature');
   const overflow = [{ role: 'user', content: 'cat '.repeat(2000) }];
   await assert.rejects(ai.chat.completions.create({ ...params, messages: overflow }),
     (e) => e.status === 400 && e.code === 'context_length_exceeded' && /512/.test(e.message));
   assert.equal((await ai.chat.completions.create(params)).choices[0].message.content, text);
+});
+
+test('n > 1: one prompt computed once, n answers seeded seed, seed + 1, ... (int4, streamed and not)', async (t) => {
+  const srv = await startServer(['--backend', 'int4', '--parallel', '4', '--max-queue', '4']);
+  t.after(() => srv.stop());
+  const ai = client(srv.url);
+  const params = { model: MODEL_NAME, messages: [{ role: 'user', content: 'Tell me a long story about a little dog, a red ball and a big tree in the park.' }],
+    temperature: 0.9, max_tokens: 32, seed: 11 };
+  // First on a fresh server: the prompt runs once, the two other answers copy its rows.
+  const multi = await ai.chat.completions.create({ ...params, n: 3 });
+  assert.deepEqual(multi.choices.map((c) => c.index), [0, 1, 2]);
+  assert.equal(multi.metrics.prompt_tokens_processed, multi.usage.prompt_tokens + 2, JSON.stringify(multi.metrics));
+  // Each answer is the one its seed gives alone: n = 1 requests with seed 11, 12, 13.
+  let completion = 0;
+  for (let i = 0; i < 3; ++i) {
+    const one = await ai.chat.completions.create({ ...params, seed: 11 + i });
+    assert.equal(multi.choices[i].message.content, one.choices[0].message.content, `choice ${i}`);
+    assert.equal(multi.choices[i].finish_reason, one.choices[0].finish_reason);
+    assert.equal(one.usage.prompt_tokens, multi.usage.prompt_tokens);
+    completion += one.usage.completion_tokens;
+  }
+  assert.equal(multi.usage.completion_tokens, completion);
+  assert.ok(new Set(multi.choices.map((c) => c.message.content)).size > 1, 'different seeds, different answers');
+
+  // Streamed: the chunks of both choices interleave under their index and add up to the same.
+  const chunks = await collect(await ai.chat.completions.create({ ...params, n: 2, stream: true,
+    stream_options: { include_usage: true } }));
+  const texts = ['', ''], finishes = [null, null];
+  for (const c of chunks.slice(0, -1)) {
+    assert.equal(c.choices.length, 1);
+    const { index, delta, finish_reason } = c.choices[0];
+    texts[index] += delta?.content ?? '';
+    if (finish_reason) finishes[index] = finish_reason;
+  }
+  assert.deepEqual(texts, multi.choices.slice(0, 2).map((c) => c.message.content));
+  assert.deepEqual(finishes, multi.choices.slice(0, 2).map((c) => c.finish_reason));
+  const usage = chunks.at(-1).usage;
+  assert.equal(usage.prompt_tokens, multi.usage.prompt_tokens);
+
+  // Legacy completions take n too; more answers than slots + queue is a 400 naming n.
+  const comp = await ai.completions.create({ model: MODEL_NAME, prompt: 'Once upon a time', max_tokens: 8, n: 2, seed: 3 });
+  assert.deepEqual(comp.choices.map((c) => c.index), [0, 1]);
+  await assert.rejects(ai.chat.completions.create({ ...params, n: 9 }), (e) => e.status === 400 && e.param === 'n' && /4 slots/.test(e.message));
 });
 
 test('a follow-up turn only processes its new suffix', async (t) => {

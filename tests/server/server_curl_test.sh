@@ -110,7 +110,7 @@ req POST /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"max_
 req POST /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"temperature":2.1}' ; expect_error 400 "" "temperature > 2"
 req POST /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"top_p":0}' ; expect_error 400 "" "top_p 0"
 req POST /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"top_p":1.5}' ; expect_error 400 "" "top_p > 1"
-req POST /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"n":2}' ; expect_error 400 unsupported_value "n=2"
+req POST /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"n":0}' ; expect_error 400 invalid_value "n=0"
 req POST /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"model":"llama-70b"}' ; expect_error 404 model_not_found "unknown model"
 long=$(printf 'cat %.0s' $(seq 1500))
 req POST /v1/chat/completions "{\"messages\":[{\"role\":\"user\",\"content\":\"$long\"}]}" ; expect_error 400 context_length_exceeded "context overflow"

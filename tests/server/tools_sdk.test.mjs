@@ -188,7 +188,16 @@ for (const m of MODELS) {
     // Bad input: 400 with a message naming the problem.
     await expect400(ai.chat.completions.create({ model, messages: ask, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'number', multipleOf: 3 } } } }), /multipleOf/, 'response_format.json_schema.schema');
     await expect400(ai.chat.completions.create({ model, messages: ask, tools: [weather], tool_choice: { type: 'function', function: { name: 'nope' } } }), /nope/, 'tool_choice');
-    await expect400(ai.chat.completions.create({ model, messages: ask, tools: [weather], n: 2 }), /n=1/, 'n');
+    // n > 1 with a forced tool call: every choice calls it, each call with an id of its own.
+    const twoCalls = await ai.chat.completions.create({ model, messages: ask, tools: [weather], n: 2, temperature: 1, seed: 3,
+      tool_choice: { type: 'function', function: { name: weather.function.name } } });
+    assert.deepEqual(twoCalls.choices.map((c) => c.index), [0, 1]);
+    for (const c of twoCalls.choices) {
+      assert.equal(c.message.tool_calls[0].function.name, weather.function.name);
+      assert.equal(typeof JSON.parse(c.message.tool_calls[0].function.arguments), 'object');
+    }
+    assert.notEqual(twoCalls.choices[0].message.tool_calls[0].id, twoCalls.choices[1].message.tool_calls[0].id);
+    await expect400(ai.chat.completions.create({ model, messages: ask, tools: [weather], n: 0 }), /n/, 'n');
     await expect400(ai.chat.completions.create({ model, messages: [...ask, { role: 'tool', content: 'x', tool_call_id: 'c' }] }), /tool result/);
     await expect400(ai.chat.completions.create({ model, messages: [...ask, { role: 'assistant', content: null, tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: '{}' } }] }, { role: 'tool', content: 'x', tool_call_id: 'd' }] }), /does not match/, 'messages[2].tool_call_id');
     await expect400(ai.chat.completions.create({ model, messages: [...ask, { role: 'assistant', content: null, tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: 'not json' } }] }] }), /JSON object/);
