@@ -261,7 +261,8 @@ struct Q4kLanes {
 
 // Stage 1 of the q4k quantizer for W sub-blocks (W lanes starting at xt, row stride ld): each
 // sub-block's scale and offset, make_qkx2_quants' search. Candidate inverse scales
-// (14 + 0.1 s) / (hi - lo), each refined by weighted least squares for its rounding and scored
+// (13 + 0.1 s) / (hi - lo), s = 0..40 (llama.cpp: 14..16; the wider range measured better on
+// stories260K's KL, docs/BENCHMARKS.md), each refined by weighted least squares for its rounding and scored
 // by the closed-form error of that rounding; then two alternations of rounding and re-solving,
 // scored by their true error.
 template <int W>
@@ -306,8 +307,8 @@ void q4k_fit_lanes(const Q4kLanes<W>& s, typename Lanes<W>::F lo, typename Lanes
   F scale = (hi - lo) / 15.0f, offset = lo;
   F best_err = s.error(scale, offset);
   F l[kN];
-  for (int step = 0; step <= 20; ++step) {
-    const F inv = range_inv * (14.0f + 0.1f * static_cast<float>(step));
+  for (int step = 0; step <= 40; ++step) {
+    const F inv = range_inv * (13.0f + 0.1f * static_cast<float>(step));
     for (int i = 0; i < kN; ++i) l[i] = V::clamp(V::round(inv * (s.x[i] - lo)), 0.0f, 15.0f);
     F sc, of;
     I ok;
@@ -333,7 +334,8 @@ void q4k_fit_lanes(const Q4kLanes<W>& s, typename Lanes<W>::F lo, typename Lanes
 }
 
 // Stage 3: W sub-blocks' 6-bit sc and m against their super-block's ROUNDED d and dmin: of the
-// (floor, ceil) choices, the one whose requantized sub-block has the smallest weighted error.
+// 4 x 4 choices floor - 1 .. floor + 2 of each (not only floor/ceil: rounding one of them the
+// other way can suit the other), the one whose requantized sub-block has the smallest error.
 // sc, m: [W] out; q: [32][ld] out (lanes b of rows i).
 template <int W>
 void q4k_choose_lanes(const Q4kLanes<W>& s, const float* scale_in, const float* offset_in, const float* d_in,
@@ -345,9 +347,9 @@ void q4k_choose_lanes(const Q4kLanes<W>& s, const float* scale_in, const float* 
   const F sc_f = d > 0.0f ? V::min(V::splat(63.0f), scale * V::inverse_or_zero(d)) : V::splat(0.0f);
   const F m_f = dmin > 0.0f ? V::min(V::splat(63.0f), -offset * V::inverse_or_zero(dmin)) : V::splat(0.0f);
   F sc_best = {}, m_best = {}, err_best = V::splat(-1.0f), q[kN] = {}, q_try[kN];
-  for (int choice = 0; choice < 4; ++choice) {
-    const F sc = (choice & 2) ? V::ceil(sc_f) : V::floor(sc_f);
-    const F m = (choice & 1) ? V::ceil(m_f) : V::floor(m_f);
+  for (int choice = 0; choice < 16; ++choice) {  // floor - 1 .. floor + 2 for each
+    const F sc = V::clamp(V::floor(sc_f) + static_cast<float>(choice / 4 - 1), 0.0f, 63.0f);
+    const F m = V::clamp(V::floor(m_f) + static_cast<float>(choice % 4 - 1), 0.0f, 63.0f);
     // (d sc) and (dmin m): q4k_effective_scale and q4k_effective_min
     const F err = s.error(d * sc, -(dmin * m), q_try);
     const I better = (err_best < 0.0f) | (err < err_best);

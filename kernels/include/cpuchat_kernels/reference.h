@@ -28,8 +28,8 @@ float quantize_q4_absmax(const float* w, int64_t count, bool bf16_scale, int8_t*
 // are zero padding): w ~= d * sc[j] * q - dmin * m[j] for sub-block j = i / 32.
 // (struct Q4kSuperBlock: int4_matmul.h)
 // Per sub-block, scale and min minimize sum c_i (w_i - (s q_i - m))^2 (c_i = sqrt(rms^2 + w_i^2),
-// the search of llama.cpp's make_qkx2_quants); then sc/m are rounded to 6 bits against the
-// fp16-rounded d/dmin (floor or ceil, whichever requantizes better), and twice (d, dmin) are
+// the search of llama.cpp's make_qkx2_quants, 41 candidates); then sc/m are rounded to 6 bits
+// against the fp16-rounded d/dmin (of floor - 1 .. floor + 2 each, whichever requantizes best), and twice (d, dmin) are
 // re-solved by weighted least squares for the chosen integers and q re-rounded, kept if the
 // super-block's error drops. column_importance: as for quantize_q4.
 Q4kSuperBlock quantize_q4k_super_block(const float* w, int64_t count, const float* column_importance = nullptr);
