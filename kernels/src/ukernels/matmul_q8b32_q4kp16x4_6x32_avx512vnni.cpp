@@ -84,16 +84,17 @@ void tile_rows(const Args& args, const uint8_t* block, int64_t m0, float* y, int
 
 template <int NB>
 void blocks_all_rows(const Args& args, const uint8_t* block, float* y, int64_t cols) {
-  int64_t m0 = 0;
-  for (; m0 + kMR <= args.m; m0 += kMR) tile_rows<kMR, NB>(args, block, m0, y, cols);
-  switch (args.m - m0) {
-    case 5: tile_rows<5, NB>(args, block, m0, y, cols); break;
-    case 4: tile_rows<4, NB>(args, block, m0, y, cols); break;
-    case 3: tile_rows<3, NB>(args, block, m0, y, cols); break;
-    case 2: tile_rows<2, NB>(args, block, m0, y, cols); break;
-    case 1: tile_rows<1, NB>(args, block, m0, y, cols); break;
-    default: break;
-  }
+  for_each_row_tile<kMR>(args.m, [&](int64_t m0, int64_t rows) {
+    switch (rows) {
+      case 6: tile_rows<6, NB>(args, block, m0, y, cols); break;
+      case 5: tile_rows<5, NB>(args, block, m0, y, cols); break;
+      case 4: tile_rows<4, NB>(args, block, m0, y, cols); break;
+      case 3: tile_rows<3, NB>(args, block, m0, y, cols); break;
+      case 2: tile_rows<2, NB>(args, block, m0, y, cols); break;
+      case 1: tile_rows<1, NB>(args, block, m0, y, cols); break;
+      default: break;
+    }
+  });
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // Micro-kernel: GEMM (any m), q8b32 activations x q4 weights packed 16x4, AVX-512 VNNI.
 // Register tile: 6 activation rows x 32 output channels (two consecutive row blocks; a last
-// odd block runs as 6 x 16, the last rows as smaller tiles).
+// odd block runs as 6 x 16); m rows run as ceil(m / 6) tiles of nearly equal size.
 // Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mfma.
 //
 // Packing contract: kLayoutX86 exactly as the 1x16 GEMV (see that file / x86_common.h).
@@ -101,18 +101,18 @@ void tile_rows(const Args& args, const uint8_t* block, int64_t m0, float* y, int
 
 template <Scheme S, int NB>
 void blocks_all_rows(const Args& args, const uint8_t* block, float* y, int64_t cols) {
-  int64_t m0 = 0;
-  for (; m0 + kMR <= args.m; m0 += kMR) tile_rows<S, kMR, NB>(args, block, m0, y, cols);
-  switch (args.m - m0) {
-    case 7: if constexpr (kMR > 7) tile_rows<S, 7, NB>(args, block, m0, y, cols); break;
-    case 6: if constexpr (kMR > 6) tile_rows<S, 6, NB>(args, block, m0, y, cols); break;
-    case 5: if constexpr (kMR > 5) tile_rows<S, 5, NB>(args, block, m0, y, cols); break;
-    case 4: if constexpr (kMR > 4) tile_rows<S, 4, NB>(args, block, m0, y, cols); break;
-    case 3: tile_rows<S, 3, NB>(args, block, m0, y, cols); break;
-    case 2: tile_rows<S, 2, NB>(args, block, m0, y, cols); break;
-    case 1: tile_rows<S, 1, NB>(args, block, m0, y, cols); break;
-    default: break;
-  }
+  static_assert(kMR == 6, "the cases below");
+  for_each_row_tile<kMR>(args.m, [&](int64_t m0, int64_t rows) {
+    switch (rows) {
+      case 6: tile_rows<S, 6, NB>(args, block, m0, y, cols); break;
+      case 5: tile_rows<S, 5, NB>(args, block, m0, y, cols); break;
+      case 4: tile_rows<S, 4, NB>(args, block, m0, y, cols); break;
+      case 3: tile_rows<S, 3, NB>(args, block, m0, y, cols); break;
+      case 2: tile_rows<S, 2, NB>(args, block, m0, y, cols); break;
+      case 1: tile_rows<S, 1, NB>(args, block, m0, y, cols); break;
+      default: break;
+    }
+  });
 }
 
 template <Scheme S>

@@ -86,6 +86,22 @@ void matmul_q8b32_q4kp8x8_4x8_neon_dotprod(const Args& args);
 void matmul_q8b32_q4kp8x8_4x8_neon_i8mm(const Args& args);
 #endif
 
+// Runs tile(m0, rows) over m activation rows in ceil(m / MR) tiles of nearly equal size (at
+// most MR rows each), so that a remainder never runs as a tile of one or two rows, whose few
+// independent accumulator chains cannot hide the dot-product latency (m = 8 with MR = 6: 4 + 4,
+// not 6 + 2). Rows are computed independently, so the split changes no result. `static`: an
+// ISA-compiled instance stays in its object (cmake/check_isa_objects.cmake).
+template <int MR, typename TileFn>
+static inline void for_each_row_tile(int64_t m, TileFn&& tile) {
+  const int64_t tiles = (m + MR - 1) / MR;
+  int64_t m0 = 0;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t rows = (m - m0) / (tiles - t);  // never above ceil(m / tiles) <= MR
+    tile(m0, rows);
+    m0 += rows;
+  }
+}
+
 // Writes `count` floats from a full tile row to Y (partial last blocks).
 inline void store_partial(float* dst, const float* tile, int64_t count) {
   std::memcpy(dst, tile, static_cast<size_t>(count) * sizeof(float));
