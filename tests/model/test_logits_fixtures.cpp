@@ -123,12 +123,16 @@ TEST(LogitsFixtureList, CoversEveryModelDirTheFixturesName) {
   // If a fixture gains a model directory, the list above must grow with it.
   std::set<std::string> covered = {"hf/stories260K", "llama2c/stories260K.bin", "gguf/stories260K.gguf",
                                    "hf/llama3-tiny-random", "hf/llama31-tiny-random", "meta/llama31-tiny-random"};
-  for (const char* f : {"logits_stories260K.json", "logits_llama3-tiny-random.json", "logits_llama31-tiny-random.json"})
-    for (const auto& dir : read_json(kShared + "/fixtures/" + f)["model_dirs"]) {
+  for (const char* f : {"logits_stories260K.json", "logits_llama3-tiny-random.json", "logits_llama31-tiny-random.json"}) {
+    // Named: a range-for over read_json(...)["model_dirs"] would walk a destroyed temporary
+    // (found by the ASan build).
+    const auto fixture = read_json(kShared + "/fixtures/" + f);
+    for (const auto& dir : fixture["model_dirs"]) {
       const std::string d = dir.get<std::string>();
       const bool found = covered.count(d) || covered.count(d + ".bin") || covered.count(d + ".gguf");
       EXPECT_TRUE(found) << d;
     }
+  }
 }
 
 }  // namespace

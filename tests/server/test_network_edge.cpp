@@ -139,8 +139,13 @@ TEST(NetworkEdgeCap, ConnectionsBeyondTheCapGet503) {
   ASSERT_TRUE(capped.ready()) << capped.stop();
   std::vector<int> held;
   for (int i = 0; i < 8; ++i) held.push_back(connect_local(capped.port()));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  const std::string r = raw_http(capped.port(), "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 3000);
+  // The server counts a connection once it has accepted it: a slow (sanitizer) build may need
+  // a moment for all 8, so the probe is repeated for up to 5 s.
+  std::string r;
+  for (int attempt = 0; attempt < 50 && status_of(r) != 503; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    r = raw_http(capped.port(), "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 3000);
+  }
   EXPECT_EQ(status_of(r), 503) << r;
   EXPECT_NE(r.find("\"code\":\"server_busy\""), std::string::npos) << r;
   for (int fd : held) close(fd);
