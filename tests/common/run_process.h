@@ -15,7 +15,9 @@ namespace cpuchat::test {
 struct ProcessResult {
   int exit_code = -1;
   std::string out, err;
-  long max_rss_kb = 0;  // the child's peak resident set (getrusage ru_maxrss)
+  // getrusage ru_maxrss of the child: on Linux it starts from the PARENT's resident size at fork,
+  // so it cannot bound a child smaller than its parent (use the child's own VmHWM for that).
+  long max_rss_kb = 0;
 };
 
 // Cross builds (CMAKE_CROSSCOMPILING_EMULATOR, e.g. "qemu-aarch64|-L|<sysroot>") start the
