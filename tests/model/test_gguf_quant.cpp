@@ -565,6 +565,9 @@ TEST_F(GgufQuant, QuantizedFilesLoadOneTensorAtATime) {
 #if defined(CPUCHAT_TEST_EMULATOR)
   GTEST_SKIP() << "under an emulator the peak RSS is the emulator's";
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan's quarantine keeps freed tensors resident (measured: +210 MiB)";
+#endif
   const Gguf tok = read_gguf(kShared + "/models/gguf/stories260K.gguf");
   Gguf small_decoded, big_decoded;
   write_gguf(dir_ / "small.gguf", random_k_model(tok, &small_decoded));
