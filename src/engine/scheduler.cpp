@@ -346,6 +346,7 @@ bool Scheduler::waits_for_shared_prefill_locked(const Job& job) const {
 
 void Scheduler::admit_locked() {
   for (auto it = queue_.begin(); it != queue_.end();) {
+    if (std::all_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.job; })) return;  // no free slot
     // A request whose prompt begins with rows another slot is still computing waits for
     // them (they are then copied, not computed twice); the requests behind it go on.
     if (waits_for_shared_prefill_locked(**it)) {

@@ -445,6 +445,14 @@ TextCompletionRequest parse_completion_request(const json& body) {
   for (const char* chat_only : {"tools", "tool_choice", "response_format"})
     if (field(body, chat_only))
       throw invalid(chat_only, std::string("'") + chat_only + "' is only supported on /v1/chat/completions", "unsupported_value");
+  // Legacy completion features the server does not have: refused, not ignored.
+  if (auto best_of = integer_in(body, "best_of", 1, kMaxChoices); best_of && *best_of != r.params.n)
+    throw invalid("best_of", "'best_of' (ranking more samples than are returned) is not supported; use 'n'",
+                  "unsupported_value");
+  if (boolean(body, "echo").value_or(false))
+    throw invalid("echo", "'echo' is not supported: the answer does not repeat the prompt", "unsupported_value");
+  if (auto suffix = string_field(body, "suffix"); suffix && !suffix->empty())
+    throw invalid("suffix", "'suffix' (text insertion) is not supported", "unsupported_value");
   if (!r.params.output.grammar.empty() && !r.params.stop.empty())
     throw invalid("stop", "'stop' cannot be combined with 'grammar': a stop string could cut the text short", "unsupported_value");
   if (!r.params.output.grammar.empty() && r.params.ignore_eos)

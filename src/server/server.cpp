@@ -691,6 +691,14 @@ void ApiServer::respond_blocking(PreparedGeneration& g, const httplib::Request&,
       if (cancelling_) throw ApiError(503, "the server is shutting down; generation cancelled", "server_shutting_down");
       throw ApiError(499, "client closed the connection", "client_closed");
     }
+  if (g.endpoint == Endpoint::Responses) {  // one answer (the Responses API has no n)
+    const GenerateResult& r = results.front();
+    const ChatAnswer a = shape_answer(g.params.output, r.text, r.finish_reason);
+    const json response = response_object(g.turn, g.header, response_status(a.finish_reason), output_items(g.header, a),
+                                          responses_usage_json(r.metrics), answer_metrics(g, r.metrics));
+    store_response(g, a, response);
+    return send_json(res, 200, response);
+  }
   const Metrics all = combined_metrics(results);
   json answer;
   for (size_t i = 0; i < results.size(); ++i) {
@@ -701,13 +709,6 @@ void ApiServer::respond_blocking(PreparedGeneration& g, const httplib::Request&,
                         ? logprobs_json(g.endpoint, r.logprobs,
                                         [&](int id) { return g.entry->model->token_bytes(id); })
                         : json();
-    if (g.endpoint == Endpoint::Responses) {
-      const ChatAnswer a = shape_answer(g.params.output, r.text, r.finish_reason);
-      const json response = response_object(g.turn, g.header, response_status(a.finish_reason), output_items(g.header, a),
-                                            responses_usage_json(r.metrics), answer_metrics(g, r.metrics));
-      store_response(g, a, response);
-      return send_json(res, 200, response);
-    }
     const json one = g.endpoint == Endpoint::Chat  // content, or the tool calls in it
                          ? chat_answer_json(h, shape_answer(g.params.output, r.text, r.finish_reason), logprobs,
                                             usage_json(all), answer_metrics(g, all))

@@ -170,6 +170,27 @@ TEST(RequestParser, TextCompletion) {
   EXPECT_THROW(parse_completion_request({{"prompt", {"a", "b"}}}), ApiError);
 }
 
+// Legacy completion features the server lacks are refused with a 400 naming them, not ignored.
+TEST(RequestParser, TextCompletionRefusesBestOfEchoAndSuffix) {
+  auto refused_param = [](const json& body) -> std::string {
+    try {
+      parse_completion_request(body);
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      EXPECT_EQ(e.code, "unsupported_value") << e.what();
+      return e.param;
+    }
+    return "accepted";
+  };
+  EXPECT_EQ(refused_param({{"prompt", "x"}, {"best_of", 3}}), "best_of");
+  EXPECT_EQ(refused_param({{"prompt", "x"}, {"n", 2}, {"best_of", 4}}), "best_of");
+  EXPECT_EQ(refused_param({{"prompt", "x"}, {"echo", true}}), "echo");
+  EXPECT_EQ(refused_param({{"prompt", "x"}, {"suffix", "the end"}}), "suffix");
+  // What means the same as no such feature is accepted.
+  EXPECT_EQ(parse_completion_request({{"prompt", "x"}, {"n", 2}, {"best_of", 2}}).params.n, 2);
+  EXPECT_EQ(parse_completion_request({{"prompt", "x"}, {"echo", false}, {"suffix", ""}}).prompt, "x");
+}
+
 TEST(ApiErrorShape, HasAllFourFields) {
   json j = ApiError(400, "bad", "invalid_value", "temperature").to_json();
   EXPECT_EQ(j["error"]["message"], "bad");
