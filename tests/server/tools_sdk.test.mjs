@@ -189,10 +189,12 @@ for (const m of MODELS) {
     await expect400(ai.chat.completions.create({ model, messages: ask, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'number', multipleOf: 3 } } } }), /multipleOf/, 'response_format.json_schema.schema');
     await expect400(ai.chat.completions.create({ model, messages: ask, tools: [weather], tool_choice: { type: 'function', function: { name: 'nope' } } }), /nope/, 'tool_choice');
     // n > 1 with a forced tool call: every choice calls it, each call with an id of its own.
+    // (max_tokens as in the cases above: unbounded, a random model's arguments can run to the context end.)
     const twoCalls = await ai.chat.completions.create({ model, messages: ask, tools: [weather], n: 2, temperature: 1, seed: 3,
-      tool_choice: { type: 'function', function: { name: weather.function.name } } });
+      max_tokens: 80, tool_choice: { type: 'function', function: { name: weather.function.name } } });
     assert.deepEqual(twoCalls.choices.map((c) => c.index), [0, 1]);
     for (const c of twoCalls.choices) {
+      assert.equal(c.finish_reason, 'tool_calls');
       assert.equal(c.message.tool_calls[0].function.name, weather.function.name);
       assert.equal(typeof JSON.parse(c.message.tool_calls[0].function.arguments), 'object');
     }
