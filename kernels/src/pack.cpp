@@ -1,4 +1,7 @@
 // Weight quantization + packing into the layouts of packed_layout.h, and the packed buffer.
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -105,8 +108,16 @@ PackedWeights PackedWeights::allocate(int64_t n, int64_t k, Scheme scheme, Layou
   w.header_.scheme = scheme;
   w.header_.layout = layout;
   w.header_.byte_size = static_cast<uint64_t>(packed_bytes(*l, scheme, n, k));
-  void* p = std::aligned_alloc(64, w.header_.byte_size);
+  // Big blobs start on a 2 MiB boundary, in transparent huge pages where the system allows:
+  // the kernels stream them, and 4 KiB pages cost a TLB miss and a prefetcher restart each.
+  constexpr size_t kHugePage = size_t{2} << 20;
+  const bool huge = w.header_.byte_size >= kHugePage;
+  const size_t bytes = huge ? (w.header_.byte_size + kHugePage - 1) / kHugePage * kHugePage : w.header_.byte_size;
+  void* p = std::aligned_alloc(huge ? kHugePage : 64, bytes);
   if (p == nullptr) throw std::bad_alloc();
+#if defined(__linux__)
+  if (huge) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#endif
   std::memset(p, 0, w.header_.byte_size);
   w.owned_ = std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p), std::free);
   w.data_ = w.owned_.get();

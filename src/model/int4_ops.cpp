@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "cpuchat_kernels/int4_matmul.h"
+#include "model/anonymous_memory.h"
 #include "model/gguf_quant.h"
 #include "model/model.h"
 
@@ -38,7 +39,7 @@ kn::PackedWeights view_of(const torch::Tensor& packed) {
 
 // The packed tensor of `w`: header + blob (w's scratch is freed).
 torch::Tensor blob_of(kn::PackedWeights w) {
-  torch::Tensor out = torch::empty({kHeaderBytes + int64_t(w.byte_size())}, torch::kUInt8);
+  torch::Tensor out = anonymous_bytes(kHeaderBytes + int64_t(w.byte_size()));
   std::memset(out.data_ptr<uint8_t>(), 0, kHeaderBytes);
   std::memcpy(out.data_ptr<uint8_t>(), &w.header(), sizeof(kn::PackedHeader));
   std::memcpy(out.data_ptr<uint8_t>() + kHeaderBytes, w.data(), w.byte_size());

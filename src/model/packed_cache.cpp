@@ -1,6 +1,5 @@
 #include "model/packed_cache.h"
 
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,6 +18,7 @@
 #include "common/regular_file.h"
 #include "common/xxhash64.h"
 #include "cpuchat_kernels/int4_matmul.h"
+#include "model/anonymous_memory.h"
 #include "model/model.h"
 #include "model/packed_cache_format.h"
 
@@ -62,14 +62,6 @@ std::string content_sample_hash(const MappedFile& f) {
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
   return hex;
 }
-
-struct AnonymousMemory {
-  void* data = nullptr;
-  size_t bytes = 0;
-  ~AnonymousMemory() {
-    if (data) munmap(data, bytes);
-  }
-};
 
 // pread until `bytes` are in or the file ends; false on an error or a short file.
 bool read_fully(int fd, void* dst, uint64_t bytes, uint64_t offset) {
@@ -140,12 +132,13 @@ PackedCache PackedCache::open(const std::string& path, const std::string& finger
   if (index.fingerprint != fingerprint) return reject("made from other files or settings");
 
   // Read every blob into anonymous memory and check it, the blobs spread over the threads.
-  auto memory = std::make_shared<AnonymousMemory>();
-  memory->bytes = h.index_offset;
-  void* p = mmap(nullptr, memory->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return reject(std::string("cannot allocate memory: ") + std::strerror(errno));
-  memory->data = p;
-  auto* base = static_cast<uint8_t*>(p);
+  torch::Tensor memory;
+  try {
+    memory = anonymous_bytes(int64_t(h.index_offset));
+  } catch (const std::bad_alloc&) {
+    return reject(std::string("cannot allocate memory: ") + std::strerror(errno));
+  }
+  auto* base = memory.data_ptr<uint8_t>();
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::pair<std::string, PackedCacheBlob>> blobs(index.blobs.begin(), index.blobs.end());
   std::vector<std::string> problems(blobs.size());
@@ -178,7 +171,7 @@ PackedCache PackedCache::open(const std::string& path, const std::string& finger
       kn::PackedWeights::view(ph, base + b.offset + 64);  // validates the header
       if (ph.byte_size + 64 > b.bytes) return reject("tensor " + name + " truncated");
       // Each view holds the memory: it lives as long as any tensor using it.
-      cache.tensors_[name] = torch::from_blob(base + b.offset, {int64_t(b.bytes)}, [memory](void*) {}, torch::kUInt8);
+      cache.tensors_[name] = memory.narrow(0, int64_t(b.offset), int64_t(b.bytes));
     }
   } catch (const std::exception& e) {
     return reject(std::string("bad blob: ") + e.what());

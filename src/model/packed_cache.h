@@ -33,7 +33,7 @@ class PackedCache {
   // file was not used ("" when it was used or did not exist).
   static PackedCache open(const std::string& path, const std::string& fingerprint, std::string* why_not);
 
-  bool loaded() const { return memory_ != nullptr; }
+  bool loaded() const { return memory_.defined(); }
   // The packed tensor saved under `name` (a view into the loaded memory), or undefined if absent.
   torch::Tensor find(const std::string& name) const;
   // Remembers a packed tensor to write (no copy: the model keeps it alive).
@@ -45,7 +45,7 @@ class PackedCache {
 
  private:
   std::string path_, fingerprint_;
-  std::shared_ptr<void> memory_;                           // the loaded blobs (anonymous memory)
+  torch::Tensor memory_;                                   // the loaded blobs (anonymous memory)
   std::map<std::string, torch::Tensor> tensors_;           // loaded: views into memory_
   std::vector<std::pair<std::string, torch::Tensor>> recorded_;
 };

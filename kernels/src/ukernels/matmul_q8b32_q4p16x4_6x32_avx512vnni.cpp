@@ -28,7 +28,8 @@ inline __m512 bf16x16_to_f32(const uint8_t* p) {
 // MR activation rows x NB row blocks (16 * NB output channels).
 template <Scheme S, int MR, int NB>
 inline void tile(const uint8_t* block, int64_t block_bytes, int64_t groups, const int8_t* a, int64_t a_stride,
-                 const float* a_scales, const int32_t* neg8, int64_t gstride, float* y, int64_t ldy, int64_t cols) {
+                 const float* a_scales, const int32_t* neg8, int64_t gstride, float* y, int64_t ldy, int64_t cols,
+                 const uint8_t* prefetch) {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   __m512 acc[MR][NB];
   for (int i = 0; i < MR; ++i)
@@ -36,6 +37,7 @@ inline void tile(const uint8_t* block, int64_t block_bytes, int64_t groups, cons
   for (int64_t g = 0; g < groups; ++g) {
     CPUCHAT_MCA_BEGIN("6x32_avx512vnni", S, MR, 16 * NB, 1);
     const uint8_t* wg = block + group_weights_offset(kL, S, g);
+    prefetch_next_blocks<NB>(prefetch, block_bytes, g, groups);
     __m512i dot[MR][NB];
     for (int i = 0; i < MR; ++i) {
       const __m512i init = _mm512_set1_epi32(neg8[i * gstride + g]);
@@ -96,7 +98,7 @@ template <Scheme S, int MR, int NB>
 void tile_rows(const Args& args, const uint8_t* block, int64_t m0, float* y, int64_t cols) {
   tile<S, MR, NB>(block, args.block_bytes, args.groups, args.a + m0 * args.a_stride, args.a_stride,
                   args.a_scales + m0 * args.a_groups_stride, args.a_neg8_sums + m0 * args.a_groups_stride,
-                  args.a_groups_stride, y + m0 * args.ldy, args.ldy, cols);
+                  args.a_groups_stride, y + m0 * args.ldy, args.ldy, cols, blocks_to_prefetch<NB>(args, block, m0));
 }
 
 template <Scheme S, int NB>

@@ -102,6 +102,28 @@ static inline void for_each_row_tile(int64_t m, TileFn&& tile) {
   }
 }
 
+// Software prefetch for the GEMM tiles. While the first row tile of a block (pair) walks it
+// from memory, it pulls the next NB blocks into L2, one slice per 32-K group, so every block
+// starts in cache: the hardware prefetcher alone left the m = 8 tiles waiting on memory
+// (gemm_m8 on Zen 4 20-30 % slower, docs/BENCHMARKS.md). `next` is nullptr past the call's
+// last block. A prefetch changes no result.
+template <int NB>
+static inline void prefetch_next_blocks(const uint8_t* next, int64_t block_bytes, int64_t g, int64_t groups) {
+  if (next == nullptr) return;
+  const int64_t per_group = (block_bytes + groups - 1) / groups;
+  const int64_t begin = g * per_group / 64 * 64, end = std::min(g * per_group + per_group, block_bytes);
+  for (int j = 0; j < NB; ++j)
+    for (int64_t at = begin; at < end; at += 64) __builtin_prefetch(next + j * block_bytes + at, 0, 2);
+}
+
+// The blocks after the NB at `block` when they exist in this call and the tile starting at
+// row m0 is the first of its blocks (the later tiles find the blocks in cache), else nullptr.
+template <int NB>
+static inline const uint8_t* blocks_to_prefetch(const Args& args, const uint8_t* block, int64_t m0) {
+  const uint8_t* next = block + NB * args.block_bytes;
+  return m0 == 0 && next + NB * args.block_bytes <= args.w + args.n_blocks * args.block_bytes ? next : nullptr;
+}
+
 // Writes `count` floats from a full tile row to Y (partial last blocks).
 inline void store_partial(float* dst, const float* tile, int64_t count) {
   std::memcpy(dst, tile, static_cast<size_t>(count) * sizeof(float));
