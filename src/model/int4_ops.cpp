@@ -39,8 +39,7 @@ kn::PackedWeights view_of(const torch::Tensor& packed) {
 
 // The packed tensor of `w`: header + blob (w's scratch is freed).
 torch::Tensor blob_of(kn::PackedWeights w) {
-  torch::Tensor out = anonymous_bytes(kHeaderBytes + int64_t(w.byte_size()));
-  std::memset(out.data_ptr<uint8_t>(), 0, kHeaderBytes);
+  torch::Tensor out = anonymous_bytes(kHeaderBytes + int64_t(w.byte_size()));  // zero-filled
   std::memcpy(out.data_ptr<uint8_t>(), &w.header(), sizeof(kn::PackedHeader));
   std::memcpy(out.data_ptr<uint8_t>() + kHeaderBytes, w.data(), w.byte_size());
   w = kn::PackedWeights();

@@ -105,7 +105,7 @@ static inline void for_each_row_tile(int64_t m, TileFn&& tile) {
 // Software prefetch for the GEMM tiles. While the first row tile of a block (pair) walks it
 // from memory, it pulls the next NB blocks into L2, one slice per 32-K group, so every block
 // starts in cache: the hardware prefetcher alone left the m = 8 tiles waiting on memory
-// (gemm_m8 on Zen 4 20-30 % slower, docs/BENCHMARKS.md). `next` is nullptr past the call's
+// (gemm_m8 on Zen 4 20-30 % slower without it, measured in session 6). `next` is nullptr past the call's
 // last block. A prefetch changes no result.
 template <int NB>
 static inline void prefetch_next_blocks(const uint8_t* next, int64_t block_bytes, int64_t g, int64_t groups) {
