@@ -61,7 +61,7 @@ struct ModelInfo {
   std::string format;      // "hf", "meta", "llama2c", "gguf"
   std::string backend;     // "fp32", "bf16", "int4"
   std::string quant;       // "q4g32"/"q4c"/"q4k" for int4, "" otherwise
-  std::string isa;         // kernel ISA in use ("avx512vnni", "avx2", "dotprod", "i8mm", "scalar"), "" for torch
+  std::string isa;         // kernel ISA in use ("amx", "avx512vnni", "avx2", "dotprod", "i8mm", "scalar"), "" for torch
   int threads = 0;
   int ctx = 0;             // per-session context length
   int max_position = 0;    // model's trained context

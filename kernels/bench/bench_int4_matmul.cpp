@@ -163,6 +163,7 @@ int main(int argc, char** argv) {
   std::vector<IsaLevel> levels;
 #if defined(__x86_64__)
   levels = {IsaLevel::Avx512Vnni, IsaLevel::Avx2};
+  if (detected_isa() == IsaLevel::AmxInt8) levels.insert(levels.begin(), IsaLevel::AmxInt8);
 #elif defined(__aarch64__)
   levels = {IsaLevel::I8mm, IsaLevel::Dotprod};
 #endif

@@ -7,7 +7,7 @@
 set(bad "")
 foreach(obj IN LISTS OBJECTS)
   get_filename_component(name "${obj}" NAME)
-  if(NOT name MATCHES "(avx2|avx512|neon)")
+  if(NOT name MATCHES "(avx2|avx512|amx|neon)")
     continue()
   endif()
   string(REGEX REPLACE "\\.cpp\\.o(bj)?$" "" kernel "${name}")

@@ -8,6 +8,10 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #endif
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #ifndef HWCAP_ASIMDDP
@@ -28,6 +32,17 @@ uint64_t read_xcr0() {
   return (uint64_t{edx} << 32) | eax;
 }
 
+// Linux enables the 8 KiB tile data state per process, on request (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); without it the first tile instruction faults.
+bool request_tile_state() {
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
 IsaLevel detect() {
   unsigned eax, ebx, ecx, edx;
   if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return IsaLevel::Scalar;
@@ -41,11 +56,16 @@ IsaLevel detect() {
   const bool avx2 = ebx & (1u << 5);
   const bool avx512f = ebx & (1u << 16), avx512bw = ebx & (1u << 30), avx512vl = ebx & (1u << 31);
   const bool avx512vnni = ecx & (1u << 11);
-  if (os_zmm && avx2 && fma && avx512f && avx512bw && avx512vl && avx512vnni) return IsaLevel::Avx512Vnni;
+  const bool gfni = ecx & (1u << 8), amx_tile = edx & (1u << 24), amx_int8 = edx & (1u << 25);
+  const bool os_tiles = (xcr0 & 0x60000) == 0x60000;  // XTILECFG | XTILEDATA
+  if (os_zmm && avx2 && fma && avx512f && avx512bw && avx512vl && avx512vnni) {
+    if (gfni && amx_tile && amx_int8 && os_tiles && request_tile_state()) return IsaLevel::AmxInt8;
+    return IsaLevel::Avx512Vnni;
+  }
   if (avx2 && fma) return IsaLevel::Avx2;
   return IsaLevel::Scalar;
 }
-constexpr IsaLevel kArchLevels[] = {IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512Vnni};
+constexpr IsaLevel kArchLevels[] = {IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512Vnni, IsaLevel::AmxInt8};
 #elif defined(__aarch64__)
 IsaLevel detect() {
 #if defined(__linux__)
@@ -104,12 +124,14 @@ const char* isa_name(IsaLevel level) {
     case IsaLevel::Avx512Vnni: return "avx512vnni";
     case IsaLevel::Dotprod: return "dotprod";
     case IsaLevel::I8mm: return "i8mm";
+    case IsaLevel::AmxInt8: return "amx";
   }
   return "unknown";
 }
 
 bool parse_isa(const std::string& name, IsaLevel* level) {
-  for (IsaLevel l : {IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512Vnni, IsaLevel::Dotprod, IsaLevel::I8mm}) {
+  for (IsaLevel l : {IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512Vnni, IsaLevel::AmxInt8, IsaLevel::Dotprod,
+                     IsaLevel::I8mm}) {
     if (name == isa_name(l)) {
       *level = l;
       return true;

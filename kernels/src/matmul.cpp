@@ -16,7 +16,7 @@ ukernel::KernelSet q4k_kernels_for(LayoutId layout, IsaLevel level) {
   using namespace ukernel;
 #if defined(__x86_64__) || defined(_M_X64)
   if (layout == LayoutId::X86_N16K4) {
-    if (level == IsaLevel::Avx512Vnni) {
+    if (level == IsaLevel::Avx512Vnni || level == IsaLevel::AmxInt8) {  // no AMX kernel for Q4K yet
       return {"matmul_q8b32_q4kp16x4_1x16_avx512vnni", matmul_q8b32_q4kp16x4_1x16_avx512vnni,
               "matmul_q8b32_q4kp16x4_6x32_avx512vnni", matmul_q8b32_q4kp16x4_6x32_avx512vnni};
     }
@@ -51,6 +51,16 @@ ukernel::KernelSet kernels_for(LayoutId layout, Scheme scheme, IsaLevel level) {
                          matmul_q8b32_q4p_any_scalar};
 #if defined(__x86_64__) || defined(_M_X64)
   if (layout == LayoutId::X86_N16K4) {
+    // AMX pays off only for tall activations: every int32 leaves the tile through memory
+    // once per 32-K group, and below ~24 rows those tile stores cost more than the AVX-512
+    // dot products they replace (Xeon, 1 thread, N=K=4096: 8 rows 264 vs 341 GOPS, 16 rows
+    // 384 vs 389, 24 rows 401 vs 368, 64 rows 535 vs 353).
+    if (level == IsaLevel::AmxInt8) {
+      return {"matmul_q8b32_q4p16x4_1x16_avx512vnni", matmul_q8b32_q4p16x4_1x16_avx512vnni,
+              "matmul_q8b32_q4p16x4_6x32_avx512vnni", matmul_q8b32_q4p16x4_6x32_avx512vnni,
+              "matmul_q8b32_q4p16x4_16x16_amx",       matmul_q8b32_q4p16x4_16x16_amx,
+              24};
+    }
     if (level == IsaLevel::Avx512Vnni) {
       return {"matmul_q8b32_q4p16x4_1x16_avx512vnni", matmul_q8b32_q4p16x4_1x16_avx512vnni,
               "matmul_q8b32_q4p16x4_6x32_avx512vnni", matmul_q8b32_q4p16x4_6x32_avx512vnni};
@@ -83,7 +93,7 @@ ukernel::KernelSet kernels_for(LayoutId layout, Scheme scheme, IsaLevel level) {
 const char* selected_kernel_name(const PackedWeights& w, int64_t m) {
   if (w.empty()) return "none";
   const ukernel::KernelSet set = kernels_for(w.header().layout, w.scheme(), active_isa());
-  return m == 1 ? set.gemv_name : set.gemm_name;
+  return set.name_for(m);
 }
 
 void matmul(const QuantizedActivations& x, const PackedWeights& w, float* y, int64_t ldy, int64_t n_begin,
@@ -127,7 +137,7 @@ void matmul(const QuantizedActivations& x, const PackedWeights& w, float* y, int
   args.m = m_end - m_begin;
   args.y = y + m_begin * ldy + n_begin;
   args.ldy = ldy;
-  (args.m == 1 ? set.gemv : set.gemm)(args);
+  set.kernel_for(args.m)(args);
 }
 
 ColumnRange split_columns(const PackedWeights& w, int64_t parts, int64_t index) {

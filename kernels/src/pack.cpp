@@ -82,7 +82,8 @@ LayoutId layout_for_isa(IsaLevel level) {
     case IsaLevel::Dotprod:
     case IsaLevel::I8mm: return LayoutId::ARM_N8K8;
     case IsaLevel::Avx2:
-    case IsaLevel::Avx512Vnni: return LayoutId::X86_N16K4;
+    case IsaLevel::Avx512Vnni:
+    case IsaLevel::AmxInt8: return LayoutId::X86_N16K4;
     case IsaLevel::Scalar: break;
   }
   // Scalar runs any layout: pick the architecture's native one so the blob is fast whichever

@@ -47,7 +47,7 @@ using RowQuantizer = void (*)(const float*, int64_t, int64_t, int8_t*, float*, i
 RowQuantizer row_quantizer() {
 #if defined(__x86_64__) || defined(_M_X64)
   const IsaLevel level = active_isa();
-  if (level == IsaLevel::Avx2 || level == IsaLevel::Avx512Vnni) return detail::quantize_q8b32_row_avx2;
+  if (level == IsaLevel::Avx2 || level == IsaLevel::Avx512Vnni || level == IsaLevel::AmxInt8) return detail::quantize_q8b32_row_avx2;
 #endif
   return detail::quantize_q8b32_row_scalar;
 }

@@ -157,7 +157,7 @@ void quantize_q4g32_row(const float* row, int64_t k, const float* importance, in
   }
   const IsaLevel level = active_isa();
 #if defined(__x86_64__) || defined(_M_X64)
-  if (level == IsaLevel::Avx512Vnni) return quantize_q4g32_row_avx512(row, k, importance, q, scales);
+  if (level == IsaLevel::Avx512Vnni || level == IsaLevel::AmxInt8) return quantize_q4g32_row_avx512(row, k, importance, q, scales);
   if (level == IsaLevel::Avx2) return quantize_q4g32_row_avx2(row, k, importance, q, scales);
 #elif defined(__aarch64__)
   if (level != IsaLevel::Scalar) return quantize_q4g32_row_neon(row, k, importance, q, scales);
@@ -169,7 +169,7 @@ void quantize_q4g32_row(const float* row, int64_t k, const float* importance, in
 void quantize_q4k_row(const float* row, int64_t k, const float* importance, Q4kSuperBlock* out) {
   const IsaLevel level = active_isa();
 #if defined(__x86_64__) || defined(_M_X64)
-  if (level == IsaLevel::Avx512Vnni) return quantize_q4k_row_avx512(row, k, importance, out);
+  if (level == IsaLevel::Avx512Vnni || level == IsaLevel::AmxInt8) return quantize_q4k_row_avx512(row, k, importance, out);
   if (level == IsaLevel::Avx2) return quantize_q4k_row_avx2(row, k, importance, out);
 #elif defined(__aarch64__)
   if (level != IsaLevel::Scalar) return quantize_q4k_row_neon(row, k, importance, out);

@@ -98,7 +98,8 @@ INSTANTIATE_TEST_SUITE_P(All, LayoutTest, ::testing::Values(LayoutId::X86_N16K4,
                          [](const auto& info) { return std::string(layout_name(info.param)); });
 
 TEST(Isa, NamesParseBack) {
-  for (IsaLevel l : {IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512Vnni, IsaLevel::Dotprod, IsaLevel::I8mm}) {
+  for (IsaLevel l : {IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512Vnni, IsaLevel::AmxInt8, IsaLevel::Dotprod,
+                     IsaLevel::I8mm}) {
     IsaLevel parsed;
     ASSERT_TRUE(parse_isa(isa_name(l), &parsed));
     EXPECT_EQ(parsed, l);
@@ -122,11 +123,12 @@ TEST(Isa, ForcingClampsToSupportedLevels) {
   }
   // The highest level of each architecture: on this CPU it clamps to the best supported one.
 #if defined(__x86_64__)
-  EXPECT_EQ(force_isa(IsaLevel::Avx512Vnni), detected_isa());
+  EXPECT_EQ(force_isa(IsaLevel::AmxInt8), detected_isa());
   EXPECT_EQ(force_isa(IsaLevel::I8mm), detected_isa());  // other architecture: best supported
 #elif defined(__aarch64__)
   EXPECT_EQ(force_isa(IsaLevel::I8mm), detected_isa());
   EXPECT_EQ(force_isa(IsaLevel::Avx2), detected_isa());
+  EXPECT_EQ(force_isa(IsaLevel::AmxInt8), detected_isa());
   if (detected_isa() == IsaLevel::Scalar) EXPECT_EQ(force_isa(IsaLevel::Dotprod), IsaLevel::Scalar);
 #endif
   EXPECT_EQ(force_isa(IsaLevel::Scalar), IsaLevel::Scalar);
@@ -143,6 +145,10 @@ TEST(Isa, EachLevelSelectsItsKernels) {
     } else if (level == IsaLevel::I8mm) {
       EXPECT_NE(gemm.find("i8mm"), std::string::npos);
       EXPECT_NE(gemv.find("dotprod"), std::string::npos);
+    } else if (level == IsaLevel::AmxInt8) {  // AMX for tall activations only
+      EXPECT_NE(gemv.find("avx512vnni"), std::string::npos);
+      EXPECT_NE(gemm.find("avx512vnni"), std::string::npos);
+      EXPECT_NE(std::string(selected_kernel_name(w, 64)).find("amx"), std::string::npos);
     } else {
       EXPECT_NE(gemv.find(isa_name(level)), std::string::npos);
       EXPECT_NE(gemm.find(isa_name(level)), std::string::npos);

@@ -7,14 +7,25 @@
 
 namespace cpuchat {
 
-// One layer of one sequence's cache, as raw pointers: rows [n_kv_heads, ctx, head_dim].
+// The cache layout (allocated by make_kv_cache, written by kv_store):
+//   keys   [n_layers, n_kv_heads, ceil(ctx / 64), head_dim, 64]: blocks of 64 positions stored
+//          transposed, so a block's scores for one query are 64-wide vector FMAs over head_dim
+//          with no conversion pass;
+//   values [n_layers, n_kv_heads, ctx, head_dim];
+//   int8 scales, one per (layer, head, position): keys [.., ceil(ctx / 64) * 64], values [.., ctx].
+KVCache make_kv_cache(int64_t n_layers, int64_t n_kv_heads, int64_t ctx, int64_t head_dim, KVType type);
+// One layer's keys as fp32 rows [n_kv_heads, ctx, head_dim] (int8 scaled): for tests.
+torch::Tensor key_rows_fp32(const KVCache& cache, int layer);
+
+// One layer of one sequence's cache, as raw pointers.
 struct KVLayerView {
   KVType type = KVType::FP32;
   const void* k = nullptr;
   const void* v = nullptr;
-  const float* k_scale = nullptr;  // int8: [n_kv_heads, ctx]
+  const float* k_scale = nullptr;  // int8
   const float* v_scale = nullptr;
   int64_t ctx = 0;
+  int64_t key_blocks = 0;          // ceil(ctx / 64)
 };
 KVLayerView kv_layer(const KVCache& cache, int layer);
 

@@ -42,12 +42,12 @@ struct RopeTable {
   std::vector<float> cos, sin;
 };
 
-// Keys and values of every layer for one sequence: [n_layers, n_kv_heads, ctx, head_dim],
-// stored as fp32, bf16, or int8 with one fp32 scale per (layer, head, position) row.
+// Keys and values of every layer for one sequence, stored as fp32, bf16, or int8 with one
+// fp32 scale per (layer, head, position) row; the layout is attention.h's (make_kv_cache).
 struct KVCache {
   KVType type = KVType::FP32;
   torch::Tensor k, v;              // fp32 / bf16 / int8
-  torch::Tensor k_scale, v_scale;  // int8 only: fp32 [n_layers, n_kv_heads, ctx]
+  torch::Tensor k_scale, v_scale;  // int8 only
   int ctx = 0;
 };
 // Bytes one cached position costs in every layer (keys + values, scales included).

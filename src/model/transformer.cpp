@@ -156,32 +156,7 @@ int64_t kv_bytes_per_token(const ModelConfig& c, KVType type) {
 }
 
 KVCache Model::new_cache(int ctx, KVType type) const {
-  const ModelConfig& c = config_;
-  KVCache cache;
-  cache.ctx = ctx;
-  cache.type = type;
-  // Not zeroed: attention reads only positions already written, and untouched pages cost
-  // no memory (an 8B model's 4096-token fp32 cache is 1 GB; zeroing it took ~0.3 s).
-  const auto dtype = type == KVType::FP32 ? torch::kFloat32 : type == KVType::BF16 ? torch::kBFloat16 : torch::kInt8;
-  cache.k = torch::empty({c.n_layers, c.n_kv_heads, ctx, c.head_dim}, dtype);
-  cache.v = torch::empty({c.n_layers, c.n_kv_heads, ctx, c.head_dim}, dtype);
-  if (type == KVType::INT8) {
-    cache.k_scale = torch::empty({c.n_layers, c.n_kv_heads, ctx}, torch::kFloat32);
-    cache.v_scale = torch::empty({c.n_layers, c.n_kv_heads, ctx}, torch::kFloat32);
-  }
-  return cache;
-}
-
-void copy_kv_prefix(const KVCache& from, KVCache& to, int n) {
-  TORCH_CHECK(from.type == to.type && n <= from.ctx && n <= to.ctx, "copy_kv_prefix: incompatible caches");
-  if (n <= 0) return;
-  // dim 2 is the position: [layers, kv heads, ctx, head_dim] and the scales [layers, kv heads, ctx]
-  to.k.narrow(2, 0, n).copy_(from.k.narrow(2, 0, n));
-  to.v.narrow(2, 0, n).copy_(from.v.narrow(2, 0, n));
-  if (from.type == KVType::INT8) {
-    to.k_scale.narrow(2, 0, n).copy_(from.k_scale.narrow(2, 0, n));
-    to.v_scale.narrow(2, 0, n).copy_(from.v_scale.narrow(2, 0, n));
-  }
+  return make_kv_cache(config_.n_layers, config_.n_kv_heads, ctx, config_.head_dim, type);
 }
 
 // The element-wise steps below are plain loops rather than chains of libtorch ops: at decode

@@ -46,7 +46,7 @@ function replaceBetween(text, tag, lines) {
   return text.replace(re, (_, begin, end) => begin + lines.join('\n') + end);
 }
 
-async function waitFor(what, fn, timeoutMs) {
+async function waitFor(what, fn, timeoutMs, intervalMs = 100) {
   const deadline = Date.now() + timeoutMs;
   let last;
   for (;;) {
@@ -57,7 +57,7 @@ async function waitFor(what, fn, timeoutMs) {
       last = { error: String(e) };
     }
     if (Date.now() > deadline) throw new Error(`${what}: not reached in ${timeoutMs} ms (last: ${JSON.stringify(last)})`);
-    await sleep(100);
+    await sleep(intervalMs);
   }
 }
 
@@ -274,10 +274,12 @@ async function prometheusSumsTheFleet(prom, replicas) {
 async function drainOnSigterm(nginx, victim, victimKey, others) {
   // Eight long streams on the victim (2 slots: 2 run, 6 wait in its queue).
   const streams = Array.from({ length: 8 }, () => stream(nginx.url, long, victimKey));
+  // Polled tightly: on a fast machine the first two streams (the model's whole 512-token
+  // context) finish about 0.1 s after they start.
   await waitFor(`8 streams accepted by ${victim.id}`, async () => {
     const { active, queued } = await load(victim);
     return { ok: active + queued === 8, active, queued };
-  }, 5000);
+  }, 5000, 2);
   await streams[0].started;
   const signalledAt = Date.now();
   victim.proc.kill('SIGTERM');
@@ -336,7 +338,7 @@ async function killNine(nginx, victim, survivor) {
   await waitFor(`4 requests queued on ${victim.id}`, async () => {
     const { queued } = await load(victim);
     return { ok: queued === 4, queued };
-  }, 3000);
+  }, 3000, 2);  // tightly: the streams ahead of them end ~0.1 s after they start
   victim.proc.kill('SIGKILL');
   const after = await Promise.all(Array.from({ length: 4 }, (_, i) =>
     chat(nginx.url, { messages: story, max_tokens: 16 }, keys[i % keys.length])));
@@ -362,7 +364,7 @@ async function secondSignalExitsAtOnce(replica) {
   const streams = Array.from({ length: 4 }, () => stream(replica.url, long, 'last-words'));
   await streams[0].started;
   replica.proc.kill('SIGTERM');
-  await waitFor('draining', async () => ({ ok: (await fetch(replica.url + '/health')).status === 503 }), 1000);
+  await waitFor('draining', async () => ({ ok: (await fetch(replica.url + '/health')).status === 503 }), 1000, 2);
   const t = Date.now();
   replica.proc.kill('SIGTERM');
   const exit = await Promise.race([replica.exited, sleep(5000).then(() => ({ code: 'timeout' }))]);

@@ -1,9 +1,10 @@
 // causal_attention against a plain double-precision softmax(QK^T)V, at the head sizes real
 // Llama models use (64, 128: the fixture models have 8, which takes other code paths), for
-// fp32 and bf16 caches, a prompt chunk with partial key blocks and a decode row after it.
+// fp32, bf16 and int8 caches, a prompt chunk with partial key blocks and a decode row after it.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "model/attention.h"
@@ -42,7 +43,7 @@ std::vector<double> reference(const std::vector<float>& q, const std::vector<flo
 TEST(Attention, MatchesAPlainSoftmaxAtLlamaHeadSizes) {
   constexpr int kCtx = 1024;
   for (const Shape s : {Shape{128, 8, 2}, Shape{64, 4, 4}})
-    for (const KVType type : {KVType::FP32, KVType::BF16}) {
+    for (const KVType type : {KVType::FP32, KVType::BF16, KVType::INT8}) {
       std::mt19937 rng(7);
       std::normal_distribution<float> normal(0.0f, 1.0f);
       const int64_t prompt = 150;  // 2 full key blocks and a partial one, 19 query tiles
@@ -53,15 +54,28 @@ TEST(Attention, MatchesAPlainSoftmaxAtLlamaHeadSizes) {
       };
       std::vector<float> q = random((prompt + 1) * s.n_heads * s.hd);
       std::vector<float> kr = random((prompt + 1) * s.n_kv * s.hd), vr = random((prompt + 1) * s.n_kv * s.hd);
-      KVCache cache;
-      cache.type = type;
-      cache.ctx = kCtx;
-      const auto dtype = type == KVType::FP32 ? torch::kFloat32 : torch::kBFloat16;
-      cache.k = torch::zeros({1, s.n_kv, kCtx, s.hd}, dtype);
-      cache.v = torch::zeros({1, s.n_kv, kCtx, s.hd}, dtype);
+      // Unwritten positions hold NaN (int8: their scales): attention must never read them.
+      KVCache cache = make_kv_cache(1, s.n_kv, kCtx, s.hd, type);
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      if (type == KVType::INT8) {
+        cache.k_scale.fill_(nan);
+        cache.v_scale.fill_(nan);
+      } else {
+        cache.k.fill_(nan);
+        cache.v.fill_(nan);
+      }
       kv_store(cache, 0, 0, kr.data(), vr.data(), prompt + 1, s.n_kv, s.hd);
-      // What the cache holds (bf16-rounded), as [n_kv, ctx, hd] fp32 for the reference.
-      const torch::Tensor k32 = cache.k[0].to(torch::kFloat32).contiguous(), v32 = cache.v[0].to(torch::kFloat32).contiguous();
+      // What the cache holds (rounded to its type), as [n_kv, ctx, hd] fp32 for the reference.
+      const torch::Tensor k32 = key_rows_fp32(cache, 0);
+      torch::Tensor v32 = cache.v[0].to(torch::kFloat32);
+      if (type == KVType::INT8) v32 = v32 * cache.v_scale[0].unsqueeze(-1);
+      v32 = v32.contiguous();
+      if (type != KVType::INT8) {  // keys come back in position order, as stored
+        const auto dtype = type == KVType::FP32 ? torch::kFloat32 : torch::kBFloat16;
+        const torch::Tensor want =
+            torch::from_blob(kr.data(), {prompt + 1, s.n_kv, s.hd}).to(dtype).to(torch::kFloat32).permute({1, 0, 2});
+        ASSERT_TRUE(torch::equal(k32.narrow(1, 0, prompt + 1), want));
+      }
       const std::vector<float> kc(k32.data_ptr<float>(), k32.data_ptr<float>() + k32.numel());
       const std::vector<float> vc(v32.data_ptr<float>(), v32.data_ptr<float>() + v32.numel());
 
@@ -76,7 +90,7 @@ TEST(Attention, MatchesAPlainSoftmaxAtLlamaHeadSizes) {
       double worst = 0;
       for (size_t i = 0; i < want_prompt.size(); ++i) worst = std::max(worst, std::fabs(out_prompt[i] - want_prompt[i]));
       for (size_t i = 0; i < want_decode.size(); ++i) worst = std::max(worst, std::fabs(out_decode[i] - want_decode[i]));
-      EXPECT_LT(worst, 2e-5) << "hd " << s.hd << (type == KVType::BF16 ? " bf16" : " fp32");
+      EXPECT_LT(worst, 2e-5) << "hd " << s.hd << " kv type " << int(type);
     }
 }
 

@@ -2,9 +2,11 @@
 //
 // The library is compiled for the baseline of its architecture; only the micro-kernel files
 // get ISA flags. At run time the best level the CPU (and OS) supports is detected:
-//   x86-64 : cpuid (+ XGETBV: the OS must save YMM / ZMM state)  -> scalar < avx2 < avx512vnni
+//   x86-64 : cpuid (+ XGETBV: the OS must save YMM / ZMM state)  -> scalar < avx2 < avx512vnni < amx
+//            (amx = AMX-INT8 tiles + GFNI for the GEMM on top of avx512vnni; on Linux the process
+//            must also be granted the tile state, which detection asks for)
 //   aarch64: getauxval(AT_HWCAP / AT_HWCAP2)                       -> scalar < dotprod < i8mm
-// The environment variable CPUCHAT_ISA=scalar|avx2|avx512vnni|dotprod|i8mm (read once) or
+// The environment variable CPUCHAT_ISA=scalar|avx2|avx512vnni|amx|dotprod|i8mm (read once) or
 // force_isa() selects a LOWER level; asking for an unsupported level gives the best supported
 // level at or below it (a level of the other architecture gives the best supported level).
 #pragma once
@@ -14,7 +16,7 @@
 
 namespace cpuchat::kernels {
 
-enum class IsaLevel : int { Scalar = 0, Avx2, Avx512Vnni, Dotprod, I8mm };
+enum class IsaLevel : int { Scalar = 0, Avx2, Avx512Vnni, Dotprod, I8mm, AmxInt8 };
 
 const char* isa_name(IsaLevel level);
 // Parses "scalar", "avx2", ...; returns false for an unknown name.

@@ -16,6 +16,7 @@
 // is one stream.
 #include <immintrin.h>
 
+#include "ukernels/x86_avx512_common.h"
 #include "ukernels/x86_common.h"
 
 namespace cpuchat::kernels::ukernel {
@@ -27,10 +28,6 @@ using namespace x86;
 // flight. Measured on one Zen 5 thread over a 295 MB matrix, alternating in one process:
 // 38.2 GB/s without, 36.5 GB/s with 2 KB-ahead T0 prefetch, 35.8-37.3 GB/s with 16-64 KB T1.
 // (A plain AVX-512 read of the same bytes: 44.6 GB/s; the gap is the compute per byte.)
-
-inline __m512 bf16x16_to_f32(__m256i v) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-}
 
 // int32 dot products of 16 rows x 32 K of one group (exact, Offset8 corrected).
 inline __m512i group_dot(const uint8_t* w, const int8_t* a, int32_t neg8_sum) {

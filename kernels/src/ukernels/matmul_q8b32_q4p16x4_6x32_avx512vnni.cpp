@@ -14,16 +14,12 @@
 // L2 while every activation row passes over it.
 #include <immintrin.h>
 
+#include "ukernels/x86_avx512_common.h"
 #include "ukernels/x86_common.h"
 
 namespace cpuchat::kernels::ukernel {
 namespace {
 using namespace x86;
-
-inline __m512 bf16x16_to_f32(const uint8_t* p) {
-  const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-}
 
 // MR activation rows x NB row blocks (16 * NB output channels).
 template <Scheme S, int MR, int NB>
@@ -62,7 +58,7 @@ inline void tile(const uint8_t* block, int64_t block_bytes, int64_t groups, cons
     }
     if constexpr (S == Scheme::Q4G32) {
       __m512 w_scale[NB];
-      for (int j = 0; j < NB; ++j) w_scale[j] = bf16x16_to_f32(block + j * block_bytes + group_scales_offset(kL, g));
+      for (int j = 0; j < NB; ++j) w_scale[j] = load_bf16x16_as_f32(block + j * block_bytes + group_scales_offset(kL, g));
       for (int i = 0; i < MR; ++i) {
         const __m512 a_scale = _mm512_set1_ps(a_scales[i * gstride + g]);
         for (int j = 0; j < NB; ++j) {

@@ -55,12 +55,19 @@ using Fn = void (*)(const Args&);
 #define CPUCHAT_MCA_BEGIN(kernel, scheme, rows, cols, groups) CPUCHAT_MCA_MARK_("BEGIN", kernel, scheme, rows, cols, groups)
 #define CPUCHAT_MCA_END(kernel, scheme, rows, cols, groups) CPUCHAT_MCA_MARK_("END", kernel, scheme, rows, cols, groups)
 
-// Kernels for one layout. `gemv` runs m == 1, `gemm` any m (nullptr = not built here).
+// Kernels for one layout. `gemv` runs m == 1, `gemm` any m (nullptr = not built here), and
+// `tall`, where set, m >= tall_min_m.
 struct KernelSet {
   const char* gemv_name;
   Fn gemv;
   const char* gemm_name;
   Fn gemm;
+  const char* tall_name = nullptr;
+  Fn tall = nullptr;
+  int64_t tall_min_m = 0;
+
+  const char* name_for(int64_t m) const { return m == 1 ? gemv_name : tall != nullptr && m >= tall_min_m ? tall_name : gemm_name; }
+  Fn kernel_for(int64_t m) const { return m == 1 ? gemv : tall != nullptr && m >= tall_min_m ? tall : gemm; }
 };
 
 // Generic kernel: reads any layout through packed_layout.h; the "scalar" level.
@@ -76,6 +83,7 @@ void matmul_q8b32_q4kp16x4_1x16_avx2(const Args& args);
 void matmul_q8b32_q4kp16x4_4x8_avx2(const Args& args);
 void matmul_q8b32_q4kp16x4_1x16_avx512vnni(const Args& args);
 void matmul_q8b32_q4kp16x4_6x32_avx512vnni(const Args& args);
+void matmul_q8b32_q4p16x4_16x16_amx(const Args& args);
 #endif
 #if defined(__aarch64__)
 void matmul_q8b32_q4p8x8_1x8_neon_dotprod(const Args& args);
