@@ -410,17 +410,23 @@ void Scheduler::finish(int s, const char* reason) {
 
 // Prompt rows a step carries beside the decode rows before the cost model knows better.
 constexpr int kMinPrefillRows = 8;
+// When the decode rows alone fill the budget, a waiting prompt still gets this many times their
+// time in each step. 1 (half of each step) left an 8-request burst on 8B (session 7's Xeon VM)
+// mostly decoding its first streams while the others waited for their prompts: aggregate 2.2x
+// one stream, TTFT p95 37 s; 2: 3.25x, 30 s; 3: 4.1x, 19 s. With 3 running streams slow down
+// at most 4x while a prompt is processed (a 4-stream 8B step with a prompt chunk ~1 s here,
+// inside issue 9's 1.5 s gap target).
+constexpr double kPrefillTimeOverDecode = 3.0;
 
 // Prompt rows for the next step: what fits in --step-budget-ms beside the decode rows, but
-// never less than the decode rows' own time. When the decode rows alone fill the budget (a big
-// model, a loaded machine) a waiting prompt still gets half of each step, so running streams
-// slow down at most 2x and the newcomer's first token does not wait for their answers.
+// never less than kPrefillTimeOverDecode x the decode rows' own time, so the newcomer's first
+// token does not wait for the running streams' answers.
 int Scheduler::prefill_budget(int decode_rows) const {
   const int cap = std::max(1, opts_.batch_tokens - decode_rows);
   if (decode_rows == 0) return cap;  // nobody is waiting for a token: the biggest chunk
   const int floor = std::min(cap, kMinPrefillRows);
   if (ms_per_prefill_row_ <= 0) return floor;
-  const double rows = std::max(opts_.step_budget_ms - base_ms_, base_ms_) / ms_per_prefill_row_;
+  const double rows = std::max(opts_.step_budget_ms - base_ms_, kPrefillTimeOverDecode * base_ms_) / ms_per_prefill_row_;
   return std::clamp(rows < double(cap) ? int(rows) : cap, floor, cap);
 }
 
