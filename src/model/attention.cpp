@@ -76,22 +76,40 @@ constexpr i32x16 kLaneIndex = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
 // independent FMA chains, and every load feeds 4 FMAs.
 constexpr int kRowsPerPass = 4;
 
-// 16 cached elements as fp32 (int8: unscaled; the scale is applied to the dot products or to
-// the softmax weights instead).
+// bf16 caches store each aligned run of 32 elements pair-interleaved, element t at
+// interleaved_index(t), so each 32-bit word holds elements (t, t + 16) and load32 needs one
+// shift and one mask. Keys: along a block's 64 positions; values: along head_dim when it is a
+// multiple of 64 (the vector path), plain otherwise.
+constexpr int64_t interleaved_index(int64_t t) { return t / 32 * 32 + 2 * (t % 16) + t % 32 / 16; }
+static_assert(interleaved_index(1) == 2 && interleaved_index(16) == 1 && interleaved_index(47) == 62, "");
+inline bool values_interleaved(KVType type, int64_t hd) { return type == KVType::BF16 && hd % kKeyBlock == 0; }
+
+// 16 fp32 / scale factors, or an accumulator slice.
 CPUCHAT_ALWAYS_INLINE f32x16 load16(const float* p) {
   f32x16 v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-CPUCHAT_ALWAYS_INLINE f32x16 load16(const uint16_t* p) {
-  u16x16 b;
-  std::memcpy(&b, p, sizeof b);
-  return reinterpret_cast<f32x16>(__builtin_convertvector(b, u32x16) << 16);
+
+// 32 cached elements as two fp32 vectors in order (int8: unscaled; the scale is applied to the
+// dot products or to the softmax weights instead). bf16 runs of 32 are stored pair-interleaved
+// (see interleaved_index), so one 32-bit shift and one mask convert them: GCC lowers a
+// 16 x u16 -> u32 widening to five instructions.
+CPUCHAT_ALWAYS_INLINE void load32(const float* p, f32x16& lo, f32x16& hi) {
+  lo = load16(p);
+  hi = load16(p + kLanes);
 }
-CPUCHAT_ALWAYS_INLINE f32x16 load16(const int8_t* p) {
-  i8x16 b;
-  std::memcpy(&b, p, sizeof b);
-  return __builtin_convertvector(b, f32x16);
+CPUCHAT_ALWAYS_INLINE void load32(const uint16_t* p, f32x16& lo, f32x16& hi) {
+  u32x16 w;
+  std::memcpy(&w, p, sizeof w);
+  lo = reinterpret_cast<f32x16>(w << 16);
+  hi = reinterpret_cast<f32x16>(w & 0xFFFF0000u);
+}
+CPUCHAT_ALWAYS_INLINE void load32(const int8_t* p, f32x16& lo, f32x16& hi) {
+  i8x16 b[2];
+  std::memcpy(b, p, sizeof b);
+  lo = __builtin_convertvector(b[0], f32x16);
+  hi = __builtin_convertvector(b[1], f32x16);
 }
 CPUCHAT_ALWAYS_INLINE void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
 CPUCHAT_ALWAYS_INLINE float element_fp32(float x) { return x; }
@@ -107,14 +125,23 @@ const E* head_base(const void* layer, int64_t h, int64_t rows_per_head, int64_t 
 // R query rows against one block of keys (stored transposed, [hd][kKeyBlock]) and values
 // ([kKeyBlock][hd]), with an online softmax: m / l are the rows' running maximum and sum,
 // acc their [hd] outputs so far. visible[r] keys of the block are in row r's past (<= 0: none).
+// next_kt / next_vb (else nullptr): the next block's keys and values, pulled into the cache
+// meanwhile, a slice per dimension (the hardware prefetcher stops at 4 KiB pages, and a block
+// of one head is 8-16 KiB).
 template <typename E, int R>
 CPUCHAT_ALWAYS_INLINE void attend_block(const float* const* q, const E* kt, const float* k_scales, const E* vb,
                                         const float* v_scales, int64_t hd, const int64_t* visible, float scale,
-                                        float* m, float* l, float* const* acc) {
+                                        float* m, float* l, float* const* acc, const E* next_kt, const E* next_vb) {
   f32x16 d[R][kBlockVecs] = {};
   for (int64_t i = 0; i < hd; ++i) {
+    if (next_kt != nullptr) {
+      for (size_t line = 0; line < sizeof(E); ++line) {  // kKeyBlock elements = sizeof(E) lines
+        __builtin_prefetch(reinterpret_cast<const char*>(next_kt + i * kKeyBlock) + 64 * line);
+        __builtin_prefetch(reinterpret_cast<const char*>(next_vb + i * kKeyBlock) + 64 * line);
+      }
+    }
     f32x16 k[kBlockVecs];
-    for (int j = 0; j < kBlockVecs; ++j) k[j] = load16(kt + i * kKeyBlock + j * kLanes);
+    for (int j = 0; j < kBlockVecs; j += 2) load32(kt + i * kKeyBlock + j * kLanes, k[j], k[j + 1]);
     for (int r = 0; r < R; ++r) {
       const float qi = q[r][i];
       for (int j = 0; j < kBlockVecs; ++j) d[r][j] += qi * k[j];
@@ -173,7 +200,7 @@ CPUCHAT_ALWAYS_INLINE void attend_block(const float* const* q, const E* kt, cons
       for (int j = 0; j < kBlockVecs; ++j) a[r][j] = load16(acc[r] + i0 + j * kLanes);
     for (int64_t s = 0; s < used; ++s) {
       f32x16 v[kBlockVecs];
-      for (int j = 0; j < kBlockVecs; ++j) v[j] = load16(vb + s * hd + i0 + j * kLanes);
+      for (int j = 0; j < kBlockVecs; j += 2) load32(vb + s * hd + i0 + j * kLanes, v[j], v[j + 1]);
       for (int r = 0; r < R; ++r) {
         const float ps = p[r][s];
         for (int j = 0; j < kBlockVecs; ++j) a[r][j] += ps * v[j];
@@ -217,11 +244,14 @@ CPUCHAT_ALWAYS_INLINE void attend_tile_typed(const AttentionJob& job, int64_t h,
       for (int64_t r = 0; r < n; ++r) visible[r] = std::min<int64_t>(kKeyBlock, job.start_pos + t0 + (r0 + r) / group + 1 - s0);
       const float* const* qr = q.data() + r0;
       float* const* ar = a.data() + r0;
+      const bool prefetch = r0 == 0 && s0 + kKeyBlock <= last_pos;  // later passes find the block cached
+      const E* nk = prefetch ? kt + kKeyBlock * hd : nullptr;
+      const E* nv = prefetch ? vb + kKeyBlock * hd : nullptr;
       switch (n) {
-        case 4: attend_block<E, 4>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar); break;
-        case 3: attend_block<E, 3>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar); break;
-        case 2: attend_block<E, 2>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar); break;
-        default: attend_block<E, 1>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar); break;
+        case 4: attend_block<E, 4>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar, nk, nv); break;
+        case 3: attend_block<E, 3>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar, nk, nv); break;
+        case 2: attend_block<E, 2>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar, nk, nv); break;
+        default: attend_block<E, 1>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar, nk, nv); break;
       }
     }
   }
@@ -279,11 +309,28 @@ void copy_kv_prefix(const KVCache& from, KVCache& to, int n) {
   }
 }
 
+namespace {
+// interleaved_index(0..n-1): where element t of each run is stored.
+torch::Tensor interleaved_positions(int64_t n) {
+  std::vector<int64_t> at(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) at[size_t(t)] = interleaved_index(t);
+  return torch::tensor(at, torch::kLong);
+}
+}  // namespace
+
 torch::Tensor key_rows_fp32(const KVCache& c, int layer) {
-  torch::Tensor k = c.k[layer].to(torch::kFloat32);               // [n_kv, blocks, hd, kKeyBlock]
+  torch::Tensor k = c.k[layer].to(torch::kFloat32);  // [n_kv, blocks, hd, kKeyBlock]
+  if (c.type == KVType::BF16) k = k.index_select(-1, interleaved_positions(kKeyBlock));
   k = k.permute({0, 1, 3, 2}).reshape({k.size(0), -1, k.size(2)});  // [n_kv, blocks * kKeyBlock, hd]
   if (c.type == KVType::INT8) k = k * c.k_scale[layer].unsqueeze(-1);
   return k.narrow(1, 0, c.ctx).contiguous();
+}
+
+torch::Tensor value_rows_fp32(const KVCache& c, int layer) {
+  torch::Tensor v = c.v[layer].to(torch::kFloat32);  // [n_kv, ctx, hd]
+  if (values_interleaved(c.type, v.size(-1))) v = v.index_select(-1, interleaved_positions(v.size(-1)));
+  if (c.type == KVType::INT8) v = v * c.v_scale[layer].unsqueeze(-1);
+  return v.contiguous();
 }
 
 KVLayerView kv_layer(const KVCache& c, int layer) {
@@ -302,8 +349,9 @@ KVLayerView kv_layer(const KVCache& c, int layer) {
 
 namespace {
 // Writes one row of hd values (fp32 in) as the cache's type, `stride` elements apart (1 for a
-// value row, kKeyBlock for a key column); int8 returns its scale.
-float store_row(KVType type, char* base, int64_t index, int64_t stride, const float* row, int64_t hd) {
+// value row, kKeyBlock for a key column; `interleave`: bf16 values in interleaved_index order);
+// int8 returns its scale.
+float store_row(KVType type, char* base, int64_t index, int64_t stride, bool interleave, const float* row, int64_t hd) {
   switch (type) {
     case KVType::FP32: {
       float* d = reinterpret_cast<float*>(base) + index;
@@ -312,7 +360,7 @@ float store_row(KVType type, char* base, int64_t index, int64_t stride, const fl
     }
     case KVType::BF16: {
       uint16_t* d = reinterpret_cast<uint16_t*>(base) + index;
-      for (int64_t i = 0; i < hd; ++i) d[i * stride] = float_to_bf16(row[i]);
+      for (int64_t i = 0; i < hd; ++i) d[(interleave ? interleaved_index(i) : i) * stride] = float_to_bf16(row[i]);
       return 1.0f;
     }
     case KVType::INT8: {  // symmetric, one scale per row: max |x| maps to 127
@@ -338,9 +386,11 @@ void kv_store(KVCache& c, int layer, int start_pos, const float* k, const float*
     for (int64_t h = 0; h < n_kv; ++h) {
       const int64_t pos = start_pos + t, row = (t * n_kv + h) * hd;
       // keys: head h, block pos / kKeyBlock, column pos % kKeyBlock of its [hd][kKeyBlock]
-      const int64_t key_index = (h * key_rows + pos / kKeyBlock * kKeyBlock) * hd + pos % kKeyBlock;
-      const float k_scale = store_row(c.type, k_layer, key_index, kKeyBlock, k + row, hd);
-      const float v_scale = store_row(c.type, v_layer, (h * c.ctx + pos) * hd, 1, v + row, hd);
+      const int64_t column = c.type == KVType::BF16 ? interleaved_index(pos % kKeyBlock) : pos % kKeyBlock;
+      const int64_t key_index = (h * key_rows + pos / kKeyBlock * kKeyBlock) * hd + column;
+      const float k_scale = store_row(c.type, k_layer, key_index, kKeyBlock, false, k + row, hd);
+      const float v_scale =
+          store_row(c.type, v_layer, (h * c.ctx + pos) * hd, 1, values_interleaved(c.type, hd), v + row, hd);
       if (c.type == KVType::INT8) {
         c.k_scale.data_ptr<float>()[layer * c.k_scale.stride(0) + h * key_rows + pos] = k_scale;
         c.v_scale.data_ptr<float>()[layer * c.v_scale.stride(0) + h * c.ctx + pos] = v_scale;

@@ -14,8 +14,11 @@ namespace cpuchat {
 //   values [n_layers, n_kv_heads, ctx, head_dim];
 //   int8 scales, one per (layer, head, position): keys [.., ceil(ctx / 64) * 64], values [.., ctx].
 KVCache make_kv_cache(int64_t n_layers, int64_t n_kv_heads, int64_t ctx, int64_t head_dim, KVType type);
-// One layer's keys as fp32 rows [n_kv_heads, ctx, head_dim] (int8 scaled): for tests.
+// (bf16 stores each run of 32 keys of a block, and of 32 value dimensions when head_dim is a
+// multiple of 64, in a pair-interleaved order: attention.cpp's interleaved_index.)
+// One layer's keys / values as fp32 rows [n_kv_heads, ctx, head_dim] (int8 scaled): for tests.
 torch::Tensor key_rows_fp32(const KVCache& cache, int layer);
+torch::Tensor value_rows_fp32(const KVCache& cache, int layer);
 
 // One layer of one sequence's cache, as raw pointers.
 struct KVLayerView {

@@ -66,15 +66,14 @@ TEST(Attention, MatchesAPlainSoftmaxAtLlamaHeadSizes) {
       }
       kv_store(cache, 0, 0, kr.data(), vr.data(), prompt + 1, s.n_kv, s.hd);
       // What the cache holds (rounded to its type), as [n_kv, ctx, hd] fp32 for the reference.
-      const torch::Tensor k32 = key_rows_fp32(cache, 0);
-      torch::Tensor v32 = cache.v[0].to(torch::kFloat32);
-      if (type == KVType::INT8) v32 = v32 * cache.v_scale[0].unsqueeze(-1);
-      v32 = v32.contiguous();
-      if (type != KVType::INT8) {  // keys come back in position order, as stored
+      const torch::Tensor k32 = key_rows_fp32(cache, 0), v32 = value_rows_fp32(cache, 0);
+      if (type != KVType::INT8) {  // keys and values read back in order, as stored (rounded)
         const auto dtype = type == KVType::FP32 ? torch::kFloat32 : torch::kBFloat16;
-        const torch::Tensor want =
-            torch::from_blob(kr.data(), {prompt + 1, s.n_kv, s.hd}).to(dtype).to(torch::kFloat32).permute({1, 0, 2});
-        ASSERT_TRUE(torch::equal(k32.narrow(1, 0, prompt + 1), want));
+        auto rounded = [&](std::vector<float>& x) {
+          return torch::from_blob(x.data(), {prompt + 1, s.n_kv, s.hd}).to(dtype).to(torch::kFloat32).permute({1, 0, 2});
+        };
+        ASSERT_TRUE(torch::equal(k32.narrow(1, 0, prompt + 1), rounded(kr)));
+        ASSERT_TRUE(torch::equal(v32.narrow(1, 0, prompt + 1), rounded(vr)));
       }
       const std::vector<float> kc(k32.data_ptr<float>(), k32.data_ptr<float>() + k32.numel());
       const std::vector<float> vc(v32.data_ptr<float>(), v32.data_ptr<float>() + v32.numel());
