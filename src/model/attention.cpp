@@ -18,7 +18,7 @@
 namespace cpuchat {
 namespace {
 
-constexpr int kQueryTile = 8;  // query rows that share one pass over the keys
+constexpr int kQueryTile = 8;  // query positions per unit of work (a thread takes one unit at a time)
 constexpr int kKeyBlock = 64;  // keys per block of the cache (stored transposed)
 
 // 16 fp32 lanes (GCC vector extensions). GCC lowers the type to the clone's registers (one
