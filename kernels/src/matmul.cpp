@@ -11,12 +11,24 @@ namespace {
 
 [[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("cpuchat_kernels: " + what); }
 
+// AMX pays off only for tall activations: every int32 leaves the tile through memory once per
+// 32-K group, and below ~24 rows those tile stores cost more than the AVX-512 dot products
+// they replace (Xeon, 1 thread, q4g32, N=K=4096, GOPS AMX vs AVX-512: 8 rows 264 / 341,
+// 16 rows 384 / 389, 24 rows 401 / 368, 64 rows 535 / 353).
+constexpr int64_t kAmxMinRows = 24;
+
 // Q4K has its own micro-kernels (files named q4kp...).
 ukernel::KernelSet q4k_kernels_for(LayoutId layout, IsaLevel level) {
   using namespace ukernel;
 #if defined(__x86_64__) || defined(_M_X64)
   if (layout == LayoutId::X86_N16K4) {
-    if (level == IsaLevel::Avx512Vnni || level == IsaLevel::AmxInt8) {  // no AMX kernel for Q4K yet
+    if (level == IsaLevel::AmxInt8) {  // AMX for tall activations only, as for q4g32 below
+      return {"matmul_q8b32_q4kp16x4_1x16_avx512vnni", matmul_q8b32_q4kp16x4_1x16_avx512vnni,
+              "matmul_q8b32_q4kp16x4_6x32_avx512vnni", matmul_q8b32_q4kp16x4_6x32_avx512vnni,
+              "matmul_q8b32_q4kp16x4_16x16_amx",       matmul_q8b32_q4kp16x4_16x16_amx,
+              kAmxMinRows};
+    }
+    if (level == IsaLevel::Avx512Vnni) {
       return {"matmul_q8b32_q4kp16x4_1x16_avx512vnni", matmul_q8b32_q4kp16x4_1x16_avx512vnni,
               "matmul_q8b32_q4kp16x4_6x32_avx512vnni", matmul_q8b32_q4kp16x4_6x32_avx512vnni};
     }
@@ -51,15 +63,11 @@ ukernel::KernelSet kernels_for(LayoutId layout, Scheme scheme, IsaLevel level) {
                          matmul_q8b32_q4p_any_scalar};
 #if defined(__x86_64__) || defined(_M_X64)
   if (layout == LayoutId::X86_N16K4) {
-    // AMX pays off only for tall activations: every int32 leaves the tile through memory
-    // once per 32-K group, and below ~24 rows those tile stores cost more than the AVX-512
-    // dot products they replace (Xeon, 1 thread, N=K=4096: 8 rows 264 vs 341 GOPS, 16 rows
-    // 384 vs 389, 24 rows 401 vs 368, 64 rows 535 vs 353).
     if (level == IsaLevel::AmxInt8) {
       return {"matmul_q8b32_q4p16x4_1x16_avx512vnni", matmul_q8b32_q4p16x4_1x16_avx512vnni,
               "matmul_q8b32_q4p16x4_6x32_avx512vnni", matmul_q8b32_q4p16x4_6x32_avx512vnni,
               "matmul_q8b32_q4p16x4_16x16_amx",       matmul_q8b32_q4p16x4_16x16_amx,
-              24};
+              kAmxMinRows};
     }
     if (level == IsaLevel::Avx512Vnni) {
       return {"matmul_q8b32_q4p16x4_1x16_avx512vnni", matmul_q8b32_q4p16x4_1x16_avx512vnni,

@@ -84,6 +84,7 @@ void matmul_q8b32_q4kp16x4_4x8_avx2(const Args& args);
 void matmul_q8b32_q4kp16x4_1x16_avx512vnni(const Args& args);
 void matmul_q8b32_q4kp16x4_6x32_avx512vnni(const Args& args);
 void matmul_q8b32_q4p16x4_16x16_amx(const Args& args);
+void matmul_q8b32_q4kp16x4_16x16_amx(const Args& args);
 #endif
 #if defined(__aarch64__)
 void matmul_q8b32_q4p8x8_1x8_neon_dotprod(const Args& args);
