@@ -219,20 +219,21 @@ CPUCHAT_ALWAYS_INLINE void attend_tile_typed(const AttentionJob& job, int64_t h,
                                              int64_t n_heads, int64_t group, int64_t hd, float scale) {
   const KVLayerView& kv = job.kv;
   const int64_t rows = nq * group;  // (query row, head) pairs of this tile
-  std::vector<float> acc(size_t(rows * hd), 0.0f), m(size_t(rows), -std::numeric_limits<float>::infinity()),
-      l(size_t(rows), 0.0f);
+  // Row r's running output [hd], maximum and sum, in this thread's buffer (kept across units:
+  // a decode step runs ~1000 of them).
+  thread_local std::vector<float> scratch;
+  scratch.assign(size_t(rows * (hd + 2)), 0.0f);
+  float* acc = scratch.data();
+  float* m = acc + rows * hd;
+  float* l = m + rows;
+  std::fill(m, m + rows, -std::numeric_limits<float>::infinity());
+  // Row r's offset in q and out: query position t0 + r / group, head h * group + r % group.
+  auto row_offset = [&](int64_t r) { return ((t0 + r / group) * n_heads + h * group + r % group) * hd; };
   const E* k_head = head_base<E>(kv.k, h, kv.key_blocks * kKeyBlock, hd);
   const E* v_head = head_base<E>(kv.v, h, kv.ctx, hd);
   const float* ks = kv.k_scale ? kv.k_scale + h * kv.key_blocks * kKeyBlock : nullptr;
   const float* vs = kv.v_scale ? kv.v_scale + h * kv.ctx : nullptr;
   const int64_t last_pos = job.start_pos + t0 + nq - 1;  // the tile's last row sees keys 0..last_pos
-  std::vector<const float*> q(static_cast<size_t>(rows));
-  std::vector<float*> a(static_cast<size_t>(rows));
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t t = t0 + r / group, g = r % group;
-    q[size_t(r)] = job.q + (t * n_heads + h * group + g) * hd;
-    a[size_t(r)] = acc.data() + r * hd;
-  }
   for (int64_t s0 = 0; s0 <= last_pos; s0 += kKeyBlock) {
     const E* kt = k_head + s0 * hd;  // block s0 / kKeyBlock, [hd][kKeyBlock]
     const E* vb = v_head + s0 * hd;
@@ -240,26 +241,29 @@ CPUCHAT_ALWAYS_INLINE void attend_tile_typed(const AttentionJob& job, int64_t h,
     const float* vbs = vs ? vs + s0 : nullptr;
     for (int64_t r0 = 0; r0 < rows; r0 += kRowsPerPass) {
       int64_t visible[kRowsPerPass];
+      const float* qr[kRowsPerPass];
+      float* ar[kRowsPerPass];
       const int64_t n = std::min<int64_t>(kRowsPerPass, rows - r0);
-      for (int64_t r = 0; r < n; ++r) visible[r] = std::min<int64_t>(kKeyBlock, job.start_pos + t0 + (r0 + r) / group + 1 - s0);
-      const float* const* qr = q.data() + r0;
-      float* const* ar = a.data() + r0;
+      for (int64_t r = 0; r < n; ++r) {
+        visible[r] = std::min<int64_t>(kKeyBlock, job.start_pos + t0 + (r0 + r) / group + 1 - s0);
+        qr[r] = job.q + row_offset(r0 + r);
+        ar[r] = acc + (r0 + r) * hd;
+      }
       const bool prefetch = r0 == 0 && s0 + kKeyBlock <= last_pos;  // later passes find the block cached
       const E* nk = prefetch ? kt + kKeyBlock * hd : nullptr;
       const E* nv = prefetch ? vb + kKeyBlock * hd : nullptr;
       switch (n) {
-        case 4: attend_block<E, 4>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar, nk, nv); break;
-        case 3: attend_block<E, 3>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar, nk, nv); break;
-        case 2: attend_block<E, 2>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar, nk, nv); break;
-        default: attend_block<E, 1>(qr, kt, kbs, vb, vbs, hd, visible, scale, &m[r0], &l[r0], ar, nk, nv); break;
+        case 4: attend_block<E, 4>(qr, kt, kbs, vb, vbs, hd, visible, scale, m + r0, l + r0, ar, nk, nv); break;
+        case 3: attend_block<E, 3>(qr, kt, kbs, vb, vbs, hd, visible, scale, m + r0, l + r0, ar, nk, nv); break;
+        case 2: attend_block<E, 2>(qr, kt, kbs, vb, vbs, hd, visible, scale, m + r0, l + r0, ar, nk, nv); break;
+        default: attend_block<E, 1>(qr, kt, kbs, vb, vbs, hd, visible, scale, m + r0, l + r0, ar, nk, nv); break;
       }
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t t = t0 + r / group, g = r % group;
-    float* o = job.out + (t * n_heads + h * group + g) * hd;
-    const float inv = 1.0f / l[size_t(r)];
-    for (int64_t i = 0; i < hd; ++i) o[i] = acc[size_t(r * hd + i)] * inv;
+    float* o = job.out + row_offset(r);
+    const float inv = 1.0f / l[r];
+    for (int64_t i = 0; i < hd; ++i) o[i] = acc[r * hd + i] * inv;
   }
 }
 
