@@ -345,9 +345,11 @@ void HttpConnectionServer::serve_connection(int fd) {
         break;
     }
   }
+  // Uncounted before the client can see the close: a client that opens a new connection
+  // the moment its last one ends (as every keep-alive pool does) must not find it still counted.
+  --open_connections_;
   shutdown(fd, SHUT_RDWR);
   close(fd);
-  --open_connections_;
 }
 
 }  // namespace cpuchat::server
