@@ -1,4 +1,4 @@
-// Google Benchmark of the int4 matmul on the Llama 3.1 8B linear-layer shapes.
+// Google Benchmark of the int4 matmul on the Llama 3.1 8B (and 3.2 1B: "1b_") linear-layer shapes.
 //
 //   m=1   (decode GEMV):   GB/s of packed weights read (counter "GB/s")
 //   m=128 (prefill GEMM):  int8-equivalent GOPS, 2*M*N*K per call (counter "GOPS")
@@ -156,9 +156,12 @@ struct Shape {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Shape llama8b[] = {
+  const Shape shapes[] = {
       {"qo_4096x4096", 4096, 4096},     {"kv_1024x4096", 1024, 4096},   {"gate_up_14336x4096", 14336, 4096},
       {"down_4096x14336", 4096, 14336}, {"head_128256x4096", 128256, 4096},
+      // Llama 3.2 1B, whose decode steps are the batching benchmark's other shape.
+      {"1b_qo_2048x2048", 2048, 2048},  {"1b_kv_512x2048", 512, 2048},   {"1b_gate_up_8192x2048", 8192, 2048},
+      {"1b_down_2048x8192", 2048, 8192}, {"1b_head_128256x2048", 128256, 2048},
   };
   std::vector<IsaLevel> levels;
 #if defined(__x86_64__)
@@ -181,11 +184,11 @@ int main(int argc, char** argv) {
           ->UseRealTime();
     }
   }
-  // m = 1: one stream's decode; m = 8: a batched decode step of 8 streams; m = 128: a prompt chunk.
+  // m = 1: one stream's decode; m = 2, 4, 8: a batched decode step of that many streams; m = 128: a prompt chunk.
   auto family = [](int64_t m) { return m == 1 ? std::string("gemv_m1/") : "gemm_m" + std::to_string(m) + "/"; };
-  for (int64_t m : {1, 8, 128}) {
+  for (int64_t m : {1, 2, 4, 8, 128}) {
     for (Scheme scheme : {Scheme::Q4G32, Scheme::Q4C, Scheme::Q4K}) {
-      for (const Shape& sh : llama8b) {
+      for (const Shape& sh : shapes) {
         for (IsaLevel level : levels) {
           for (int threads : {1, 2}) {
             const std::string name = family(m) + scheme_name(scheme) + "/" +

@@ -20,7 +20,7 @@ using namespace x86;
 template <int MR, int NB>
 inline void tile(const uint8_t* block, int64_t block_bytes, int64_t groups, const int8_t* a, int64_t a_stride,
                  const float* a_scales, const int32_t* neg8, int64_t gstride, float* y, int64_t ldy, int64_t cols,
-                 const uint8_t* prefetch) {
+                 const TilePrefetch& prefetch) {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   __m512 acc[MR][NB];
   for (int i = 0; i < MR; ++i)
@@ -29,7 +29,8 @@ inline void tile(const uint8_t* block, int64_t block_bytes, int64_t groups, cons
     const int sub = static_cast<int>(g % kGroupsPerSuperBlock);
     const uint8_t* super = block + g / kGroupsPerSuperBlock * kQ4kSuperBytes;
     const uint8_t* wg = block + group_weights_offset(kL, Scheme::Q4K, g);
-    prefetch_next_blocks<NB>(prefetch, block_bytes, g, groups);
+    prefetch_next_blocks<NB>(prefetch.next_blocks, block_bytes, g, groups);
+    if (prefetch.ahead) prefetch_ahead<NB>(wg, block + group_weights_offset(kL, Scheme::Q4K, g + 1), block_bytes);
     __m512i dot[MR][NB];
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NB; ++j) dot[i][j] = _mm512_setzero_si512();
@@ -81,7 +82,7 @@ template <int MR, int NB>
 void tile_rows(const Args& args, const uint8_t* block, int64_t m0, float* y, int64_t cols) {
   tile<MR, NB>(block, args.block_bytes, args.groups, args.a + m0 * args.a_stride, args.a_stride,
                args.a_scales + m0 * args.a_groups_stride, args.a_neg8_sums + m0 * args.a_groups_stride,
-               args.a_groups_stride, y + m0 * args.ldy, args.ldy, cols, blocks_to_prefetch<NB>(args, block, m0));
+               args.a_groups_stride, y + m0 * args.ldy, args.ldy, cols, tile_prefetch<NB, kMR>(args, block, m0));
 }
 
 template <int NB>

@@ -25,7 +25,7 @@ using namespace x86;
 template <Scheme S, int MR, int NB>
 inline void tile(const uint8_t* block, int64_t block_bytes, int64_t groups, const int8_t* a, int64_t a_stride,
                  const float* a_scales, const int32_t* neg8, int64_t gstride, float* y, int64_t ldy, int64_t cols,
-                 const uint8_t* prefetch) {
+                 const TilePrefetch& prefetch) {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   __m512 acc[MR][NB];
   for (int i = 0; i < MR; ++i)
@@ -33,7 +33,8 @@ inline void tile(const uint8_t* block, int64_t block_bytes, int64_t groups, cons
   for (int64_t g = 0; g < groups; ++g) {
     CPUCHAT_MCA_BEGIN("6x32_avx512vnni", S, MR, 16 * NB, 1);
     const uint8_t* wg = block + group_weights_offset(kL, S, g);
-    prefetch_next_blocks<NB>(prefetch, block_bytes, g, groups);
+    prefetch_next_blocks<NB>(prefetch.next_blocks, block_bytes, g, groups);
+    if (prefetch.ahead) prefetch_ahead<NB>(wg, block + group_weights_offset(kL, S, g + 1), block_bytes);
     __m512i dot[MR][NB];
     for (int i = 0; i < MR; ++i) {
       const __m512i init = _mm512_set1_epi32(neg8[i * gstride + g]);
@@ -94,7 +95,7 @@ template <Scheme S, int MR, int NB>
 void tile_rows(const Args& args, const uint8_t* block, int64_t m0, float* y, int64_t cols) {
   tile<S, MR, NB>(block, args.block_bytes, args.groups, args.a + m0 * args.a_stride, args.a_stride,
                   args.a_scales + m0 * args.a_groups_stride, args.a_neg8_sums + m0 * args.a_groups_stride,
-                  args.a_groups_stride, y + m0 * args.ldy, args.ldy, cols, blocks_to_prefetch<NB>(args, block, m0));
+                  args.a_groups_stride, y + m0 * args.ldy, args.ldy, cols, tile_prefetch<NB, kMR>(args, block, m0));
 }
 
 template <Scheme S, int NB>

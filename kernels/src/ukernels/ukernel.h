@@ -111,11 +111,17 @@ static inline void for_each_row_tile(int64_t m, TileFn&& tile) {
   }
 }
 
-// Software prefetch for the GEMM tiles. While the first row tile of a block (pair) walks it
-// from memory, it pulls the next NB blocks into L2, one slice per 32-K group, so every block
-// starts in cache: the hardware prefetcher alone left the m = 8 tiles waiting on memory
-// (gemm_m8 on Zen 4 20-30 % slower without it, measured in session 6). `next` is nullptr past the call's
-// last block. A prefetch changes no result.
+// Software prefetch for the GEMM tiles, of two kinds, each needed on one of the machines drawn:
+// - Next blocks: while the first row tile of a block (pair) walks it from memory, it pulls the
+//   next NB blocks into L2, one slice per 32-K group, so every block starts in cache. Without
+//   it gemm_m8 was 20-30 % slower on Zen 4 (session 6); the AMX tiles use it for their unpack.
+// - Ahead in the stream: at each group a tile pulls the same span of bytes kPrefetchAhead
+//   further on in each of its blocks into L1, [from, to) being the group's own span. On Zen 5
+//   (session 8) the next-block prefetch alone left a tile's time the sum of its cached compute
+//   time and the memory time: 1B qo (2048 x 2048), m = 8, 2 threads, 151 us against 69 cached
+//   and 70 for the memory-bound GEMV; with this one, 97-126 us.
+// `next` is nullptr past the call's last block. Addresses past the weights are harmless: a
+// prefetch never faults. A prefetch changes no result.
 template <int NB>
 static inline void prefetch_next_blocks(const uint8_t* next, int64_t block_bytes, int64_t g, int64_t groups) {
   if (next == nullptr) return;
@@ -125,12 +131,36 @@ static inline void prefetch_next_blocks(const uint8_t* next, int64_t block_bytes
     for (int64_t at = begin; at < end; at += 64) __builtin_prefetch(next + j * block_bytes + at, 0, 2);
 }
 
+constexpr int64_t kPrefetchAhead = 2048;
+
+template <int NB>
+static inline void prefetch_ahead(const uint8_t* from, const uint8_t* to, int64_t block_bytes) {
+  const uintptr_t first = (reinterpret_cast<uintptr_t>(from) + kPrefetchAhead) & ~uintptr_t{63};
+  const uintptr_t last = reinterpret_cast<uintptr_t>(to) + kPrefetchAhead;
+  for (int j = 0; j < NB; ++j)
+    for (uintptr_t at = first; at < last; at += 64)
+      __builtin_prefetch(reinterpret_cast<const void*>(at + uintptr_t(j * block_bytes)), 0, 3);
+}
+
 // The blocks after the NB at `block` when they exist in this call and the tile starting at
 // row m0 is the first of its blocks (the later tiles find the blocks in cache), else nullptr.
 template <int NB>
 static inline const uint8_t* blocks_to_prefetch(const Args& args, const uint8_t* block, int64_t m0) {
   const uint8_t* next = block + NB * args.block_bytes;
   return m0 == 0 && next + NB * args.block_bytes <= args.w + args.n_blocks * args.block_bytes ? next : nullptr;
+}
+
+// What the tile at row m0 of the NB blocks at `block` prefetches. Ahead in the stream: in a
+// decode batch (two tiles or fewer) every tile, since each one's compute is short beside the
+// memory time; in a taller GEMM only the first tile, while the rest find the blocks in L2
+// (prefetching in every tile measured no gain at m = 128).
+struct TilePrefetch {
+  const uint8_t* next_blocks;
+  bool ahead;
+};
+template <int NB, int MR>
+static inline TilePrefetch tile_prefetch(const Args& args, const uint8_t* block, int64_t m0) {
+  return {blocks_to_prefetch<NB>(args, block, m0), m0 == 0 || args.m <= 2 * MR};
 }
 
 // Writes `count` floats from a full tile row to Y (partial last blocks).
