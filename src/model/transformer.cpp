@@ -212,7 +212,7 @@ void Model::apply_rope(torch::Tensor& x, const RopeTable& rope) const {
 }
 
 // SwiGLU's gate: silu(gate) * up, in place in `gate`.
-// A batch's rows split over the threads (8 rows of 1B: -2.5 % step time); one row's few
+// A batch's elements split over the threads (8 rows of 1B: -2.5 % step time); one row's few
 // thousand exps run inline, cheaper than waking a thread.
 static void silu_mul_(torch::Tensor& gate, const torch::Tensor& up) {
   float* g = gate.data_ptr<float>();
